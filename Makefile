@@ -1,0 +1,38 @@
+# Set-up and entry points. Every target creates the virtual environment when missing and
+# installs with constraints.txt, which pins torch to the CPU build 2.13.0.
+
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+COEA   := $(VENV)/bin/coea
+STAMP  := $(VENV)/.installed
+WORK   ?= coea-work
+export COEA_CACHE ?= $(CURDIR)/.cache/coea
+
+.PHONY: install test lint format demo bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 -q --durations=15
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+demo: $(STAMP)
+	WORK=$(WORK) COEA=$(COEA) bash examples/demo.sh
+
+bench: $(STAMP)
+	$(PY) bench/prepare.py
+
+clean:
+	rm -rf $(WORK) .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+from coea_cli.cli import main
+
+main()

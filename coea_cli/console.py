@@ -1,0 +1,71 @@
+"""Logging and progress on stderr, results on stdout."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+
+
+def log(message: str) -> None:
+    err.print(message)
+
+
+def warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/] {message}")
+
+
+@contextmanager
+def progress(description: str, total: int | None, unit: str = ""):
+    """A rich progress bar on stderr; yields `advance(n=1, **fields)`.
+
+    Extra fields (e.g. loss=0.12) are shown after the bar.
+    """
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(unit),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+    ]
+    bar = Progress(*columns, console=err, transient=False, disable=not err.is_terminal)
+    with bar:
+        task = bar.add_task(description, total=total, info="")
+
+        def advance(n: int = 1, **fields) -> None:
+            info = "  ".join(f"{k}={_fmt(v)}" for k, v in fields.items())
+            bar.update(task, advance=n, info=info)
+
+        yield advance
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def emit(result: dict, as_json: bool) -> None:
+    """Print a command's result on stdout: JSON with --json, else key: value lines."""
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
+        return
+    for key, value in result.items():
+        if isinstance(value, dict | list):
+            value = json.dumps(value, default=str)
+        out.print(f"{key}: {value}")

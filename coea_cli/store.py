@@ -1,0 +1,379 @@
+"""Artifact store: atomic writes, manifests, up-to-date checks and the workspace lock.
+
+Every command writes its artifact folder through `stage()`: outputs go to a temporary
+sibling folder, `manifest.json` is written last, then the folder replaces the old one with
+`os.replace`. A command killed at any point leaves the previous artifact intact.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from coea_cli.errors import MissingArtifact, WorkspaceLocked
+
+MANIFEST = "manifest.json"
+_TMP = ".tmp-"
+_OLD = ".old-"
+_VERSIONED = ("coea", "numpy", "pyarrow", "torch", "transformers", "peft", "bitsandbytes")
+
+
+# ---------------------------------------------------------------- hashing and json
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_path(path: Path) -> str:
+    """Hash of a file, or of a folder (sorted relative names and file hashes)."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    h = hashlib.sha256()
+    for p in sorted(q for q in path.rglob("*") if q.is_file() and q.name != MANIFEST):
+        h.update(str(p.relative_to(path)).encode())
+        h.update(sha256_file(p).encode())
+    return h.hexdigest()
+
+
+def read_json(path: Path) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def write_json(path: Path, data) -> None:
+    """Write JSON atomically (temporary name, then os.replace)."""
+    path = Path(path)
+    tmp = path.with_name(f"{_TMP}{path.name}.{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, default=_json_default)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _json_default(value):
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, set | tuple):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+# ---------------------------------------------------------------- atomic files and folders
+
+
+@contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{_TMP}{path.name}.{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield an empty temporary folder; on success it replaces the folder `path` whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    recover(path)
+    tmp = path.with_name(f"{_TMP}{path.name}.{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+        replace_dir(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move folder `src` to `dst`, replacing it. A crash between the two renames is undone
+    by `recover(dst)`, which brings the old folder back."""
+    old = dst.with_name(f"{_OLD}{dst.name}")
+    if old.exists():
+        shutil.rmtree(old)
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def recover(path: Path) -> None:
+    """Undo an interrupted `replace_dir` and drop stale temporary siblings of `path`."""
+    path = Path(path)
+    old = path.with_name(f"{_OLD}{path.name}")
+    if old.exists():
+        if path.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, path)
+    if path.parent.exists():
+        for stale in path.parent.glob(f"{_TMP}{path.name}.*"):
+            pid = stale.name.rsplit(".", 1)[-1]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink()
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ---------------------------------------------------------------- table and tensor formats
+
+
+def write_parquet(path: Path, table) -> None:
+    """Write a pyarrow Table (or dict of columns) to Parquet atomically (zstd)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if isinstance(table, dict):
+        table = pa.table(table)
+    with atomic_file(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def read_parquet(path: Path, columns: list[str] | None = None, command: str | None = None):
+    """Read a Parquet file; a missing file names the command that makes it."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.exists():
+        raise MissingArtifact(path, command or "prepare")
+    return pq.read_table(path, columns=columns)
+
+
+def write_tensors(path: Path, tensors: dict, metadata: dict | None = None) -> None:
+    """Write numpy arrays to safetensors atomically; metadata values are JSON-encoded."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    meta = {k: json.dumps(v, default=_json_default) for k, v in (metadata or {}).items()}
+    with atomic_file(path) as tmp:
+        save_file(arrays, str(tmp), metadata=meta)
+
+
+def read_tensors(path: Path, command: str | None = None) -> tuple[dict, dict]:
+    """Read a safetensors file as numpy arrays plus its decoded metadata."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.exists():
+        raise MissingArtifact(path, command or "prepare")
+    with safe_open(str(path), framework="numpy") as f:
+        arrays = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+    return arrays, meta
+
+
+def write_lmdb(path: Path, records: Iterable[tuple[bytes, bytes]], map_size: int = 1 << 30) -> int:
+    """Build an LMDB environment (a folder) from (key, value) pairs and swap it in atomically.
+
+    Returns the number of records written.
+    """
+    import lmdb
+
+    n = 0
+    with atomic_dir(path) as tmp:
+        env = lmdb.open(str(tmp), map_size=map_size, subdir=True, lock=False, sync=False)
+        try:
+            txn = env.begin(write=True)
+            for key, value in records:
+                txn.put(key, value)
+                n += 1
+                if n % 100_000 == 0:
+                    txn.commit()
+                    txn = env.begin(write=True)
+            txn.commit()
+            env.sync(True)
+        finally:
+            env.close()
+    return n
+
+
+def open_lmdb(path: Path, command: str | None = None):
+    """Open an LMDB folder read-only (no lock file, many readers)."""
+    import lmdb
+
+    path = Path(path)
+    if not (path / "data.mdb").exists():
+        raise MissingArtifact(path, command or "prepare")
+    return lmdb.open(str(path), readonly=True, lock=False, subdir=True, readahead=False)
+
+
+# ---------------------------------------------------------------- manifests and stages
+
+
+def versions() -> dict:
+    found = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def normalise(options: dict) -> dict:
+    """Options as JSON-comparable values (paths as strings, tuples as lists)."""
+    return json.loads(json.dumps(options, default=_json_default, sort_keys=True))
+
+
+@dataclass
+class Stage:
+    """One command's output folder, written atomically with a manifest."""
+
+    folder: Path
+    command: str
+    options: dict
+    inputs: list[Path]
+    seed: int | None = None
+    tmp: Path | None = None
+    extra: dict = field(default_factory=dict)
+    started: float = field(default_factory=time.time)
+
+    def manifest_path(self) -> Path:
+        return self.folder / MANIFEST
+
+    def up_to_date(self) -> bool:
+        """True when the folder holds this command's outputs for the same options and inputs."""
+        recover(self.folder)
+        path = self.manifest_path()
+        if not path.exists():
+            return False
+        try:
+            old = read_json(path)
+        except (OSError, json.JSONDecodeError):
+            return False
+        if old.get("command") != self.command or old.get("options") != normalise(self.options):
+            return False
+        if old.get("seed") != self.seed:
+            return False
+        if old.get("inputs") != self._input_hashes():
+            return False
+        for rel, digest in old.get("outputs", {}).items():
+            out = self.folder / rel
+            if not out.exists() or sha256_path(out) != digest:
+                return False
+        return True
+
+    def _input_hashes(self) -> dict:
+        hashes = {}
+        for p in self.inputs:
+            p = Path(p)
+            if not p.exists():
+                raise MissingArtifact(p, "prepare")
+            hashes[str(p)] = sha256_path(p)
+        return hashes
+
+    def manifest(self, outputs: dict, extra: dict | None = None) -> dict:
+        return {
+            "command": self.command,
+            "options": normalise(self.options),
+            "seed": self.seed,
+            "inputs": self._input_hashes(),
+            "outputs": outputs,
+            "versions": versions(),
+            "argv": sys.argv,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
+            "seconds": round(time.time() - self.started, 3),
+            **(extra or {}),
+        }
+
+
+@contextmanager
+def stage(
+    folder: Path,
+    command: str,
+    options: dict,
+    inputs: Iterable[Path] = (),
+    seed: int | None = None,
+    keep: Iterable[str] = (),
+) -> Iterator[Stage]:
+    """Write an artifact folder atomically. Yields a Stage whose `tmp` folder receives the
+    outputs; on success the manifest is written and the folder swapped in whole.
+
+    `keep` names entries of the existing folder to carry over into the new one (copied).
+    """
+    st = Stage(Path(folder), command, dict(options), [Path(p) for p in inputs], seed)
+    with atomic_dir(st.folder) as tmp:
+        for name in keep:
+            src = st.folder / name
+            if src.is_dir():
+                shutil.copytree(src, tmp / name)
+            elif src.exists():
+                shutil.copy2(src, tmp / name)
+        st.tmp = tmp
+        yield st
+        outputs = {
+            str(p.relative_to(tmp)): sha256_path(p)
+            for p in sorted(tmp.iterdir())
+            if p.name != MANIFEST
+        }
+        write_json(tmp / MANIFEST, st.manifest(outputs, st.extra))
+
+
+# ---------------------------------------------------------------- workspace lock
+
+
+@contextmanager
+def workspace_lock(work: Path, command: str) -> Iterator[None]:
+    """Hold an exclusive, non-blocking lock on the workspace for a state-advancing command.
+
+    A second concurrent holder gets WorkspaceLocked at once. The lock is released by the OS
+    if the process dies, so a crash never leaves the workspace locked.
+    """
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise WorkspaceLocked(
+                f"workspace {work} is locked by {holder}; try again when it has finished"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} ({command})".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
