@@ -69,7 +69,7 @@ def run(command: str, params: dict, impl: Callable[[Ctx], dict]) -> None:
     params.pop("config", None)
     device = params.get("device", "auto")
     if device not in ("auto", "cpu", "cuda"):
-        console.err.print(f"[red]error:[/] --device must be auto, cpu or cuda (got {device!r})")
+        console.error(f"--device must be auto, cpu or cuda (got {device!r})")
         raise typer.Exit(EXIT_BAD_INPUT)
     ctx = Ctx(
         work=Path(params.get("work", "coea-work")),
@@ -82,7 +82,7 @@ def run(command: str, params: dict, impl: Callable[[Ctx], dict]) -> None:
     try:
         result = impl(ctx)
     except CoeaError as e:
-        console.err.print(f"[red]error:[/] {e}")
+        console.error(str(e))
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         console.err.print("[red]interrupted[/]: previous artifacts are intact")
@@ -91,7 +91,7 @@ def run(command: str, params: dict, impl: Callable[[Ctx], dict]) -> None:
         if os.environ.get("COEA_DEBUG"):
             traceback.print_exc()
         else:
-            console.err.print(f"[red]internal error in {command}:[/] {type(e).__name__}: {e}")
+            console.error(f"internal error in {command}: {type(e).__name__}: {e}")
             console.err.print("set COEA_DEBUG=1 for the traceback")
         raise typer.Exit(EXIT_INTERNAL) from None
     if result is not None:

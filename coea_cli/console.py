@@ -7,6 +7,7 @@ import sys
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -16,16 +17,20 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
 
 def log(message: str) -> None:
-    err.print(message)
+    err.print(message, markup=False)
 
 
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/] {message}")
+    err.print(f"[yellow]warning:[/] {escape(message)}")
+
+
+def error(message: str) -> None:
+    err.print(f"[red]error:[/] {escape(message)}")
 
 
 @contextmanager

@@ -267,6 +267,7 @@ class Stage:
     seed: int | None = None
     tmp: Path | None = None
     extra: dict = field(default_factory=dict)
+    _hashes: dict | None = None
     started: float = field(default_factory=time.time)
 
     def manifest_path(self) -> Path:
@@ -295,12 +296,15 @@ class Stage:
         return True
 
     def _input_hashes(self) -> dict:
+        if self._hashes is not None:
+            return self._hashes
         hashes = {}
         for p in self.inputs:
             p = Path(p)
             if not p.exists():
                 raise MissingArtifact(p, "prepare")
             hashes[str(p)] = sha256_path(p)
+        self._hashes = hashes
         return hashes
 
     def manifest(self, outputs: dict, extra: dict | None = None) -> dict:
@@ -326,13 +330,15 @@ def stage(
     inputs: Iterable[Path] = (),
     seed: int | None = None,
     keep: Iterable[str] = (),
+    checked: Stage | None = None,
 ) -> Iterator[Stage]:
     """Write an artifact folder atomically. Yields a Stage whose `tmp` folder receives the
     outputs; on success the manifest is written and the folder swapped in whole.
 
     `keep` names entries of the existing folder to carry over into the new one (copied).
+    `checked` reuses a Stage already built for `up_to_date()` (its input hashes are kept).
     """
-    st = Stage(Path(folder), command, dict(options), [Path(p) for p in inputs], seed)
+    st = checked or Stage(Path(folder), command, dict(options), [Path(p) for p in inputs], seed)
     with atomic_dir(st.folder) as tmp:
         for name in keep:
             src = st.folder / name

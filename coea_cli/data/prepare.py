@@ -48,13 +48,11 @@ def parse_periods(spec: str) -> list[float]:
     return fracs
 
 
-def _codes(col) -> tuple[np.ndarray, pa.Array]:
-    """Factorise a column: integer codes and the distinct original values (as strings)."""
+def _codes(col) -> np.ndarray:
+    """Factorise a column into int32 codes (0..n-1 in order of first appearance)."""
     col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     enc = pc.dictionary_encode(col)
-    return enc.indices.to_numpy(zero_copy_only=False).astype(np.int64), pc.cast(
-        enc.dictionary, pa.string()
-    )
+    return enc.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
 
 
 def kcore(users: np.ndarray, items: np.ndarray, min_user: int, min_item: int) -> np.ndarray:
@@ -72,15 +70,47 @@ def kcore(users: np.ndarray, items: np.ndarray, min_user: int, min_item: int) ->
         keep = new
 
 
+def row_hash(keys: list[np.ndarray]) -> np.ndarray:
+    """A 64-bit hash per row of the given key columns (splitmix-style mixing)."""
+    h = np.zeros(len(keys[0]), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j, k in enumerate(keys):
+            v = np.ascontiguousarray(k)
+            v = v.view(np.uint32 if v.dtype.itemsize == 4 else np.uint64).astype(np.uint64)
+            h ^= v * np.uint64(0x9E3779B97F4A7C15 + 2 * j)
+            h = (h ^ (h >> np.uint64(29))) * np.uint64(0xBF58476D1CE4E5B9)
+    return h
+
+
 def duplicate_mask(keys: list[np.ndarray]) -> np.ndarray:
-    """True for rows that repeat an earlier row exactly (first occurrence in file order kept)."""
-    order = np.lexsort(keys[::-1])  # stable: equal rows stay in file order
-    same = np.ones(len(order) - 1, dtype=bool) if len(order) > 1 else np.zeros(0, dtype=bool)
+    """True for rows that repeat an earlier row exactly (first occurrence in file order kept).
+
+    Rows are grouped by a 64-bit hash (one sort instead of a lexsort over every key); equality
+    is checked on the keys themselves, and rows whose hash collides with a different row are
+    decided exactly by a lexsort over those rows only.
+    """
+    n = len(keys[0])
+    dup = np.zeros(n, dtype=bool)
+    if n < 2:
+        return dup
+    h = row_hash(keys)
+    order = np.argsort(h, kind="stable")  # equal hashes keep file order
+    hs = h[order]
+    same_hash = hs[1:] == hs[:-1]
+    equal = same_hash.copy()
     for k in keys:
         s = k[order]
-        same &= s[1:] == s[:-1]
-    dup = np.zeros(len(order), dtype=bool)
-    dup[order[1:][same]] = True
+        equal &= s[1:] == s[:-1]
+    dup[order[1:][equal]] = True
+    clash = same_hash & ~equal
+    if clash.any():
+        rows = np.flatnonzero(np.isin(h, hs[1:][clash]))
+        dup[rows] = False
+        r = rows[np.lexsort([k[rows] for k in keys[::-1]])]  # stable: file order within ties
+        eq = np.ones(len(r) - 1, dtype=bool)
+        for k in keys:
+            eq &= k[r][1:] == k[r][:-1]
+        dup[r[1:][eq]] = True
     return dup
 
 
@@ -103,58 +133,69 @@ def prepare_log(
     dedup: bool = True,
     periods: str = "0.6,0.1,0.1,0.1,0.1",
 ) -> Prepared:
+    """Filter, renumber and split a raw log. Consumes `raw.interactions` to save memory.
+
+    The log is sorted by time once (stable, so ties keep file order); every filter then
+    works on the sorted arrays, and dense ids follow the order of first appearance in time.
+    """
     fracs = parse_periods(periods)
     t = raw.interactions
-    n_raw = t.num_rows
-    if n_raw == 0:
+    raw.interactions = None
+    if t.num_rows == 0:
         raise BadInput(f"{raw.source}: no interactions")
-    u, user_values = _codes(t["user"])
-    i, item_values = _codes(t["item"])
-    ts = t["timestamp"].to_numpy()
-    rating = t["rating"].to_numpy().astype(np.float32) if "rating" in t.column_names else None
+    user_enc = pc.dictionary_encode(t["user"].combine_chunks())
+    item_enc = pc.dictionary_encode(t["item"].combine_chunks())
+    ts = t["timestamp"].combine_chunks().to_numpy(zero_copy_only=False)
+    rating = None
+    if "rating" in t.column_names:
+        rating = pc.cast(t["rating"], pa.float32()).combine_chunks()
+        rating = rating.to_numpy(zero_copy_only=False)
+    del t
+    order = None if np.all(ts[1:] >= ts[:-1]) else np.argsort(ts, kind="stable")
+    if order is not None:
+        ts = ts[order]
+    u = _gather(user_enc.indices, order)
+    i = _gather(item_enc.indices, order)
+    user_dict, item_dict = user_enc.dictionary, item_enc.dictionary
+    del user_enc, item_enc
+    if rating is not None and order is not None:
+        rating = rating[order]
+    del order
     counts = {"raw": _count(u, i)}
-    keep = np.ones(n_raw, dtype=bool)
-
+    keep = np.ones(len(ts), dtype=bool)
     if rating_threshold is not None:
         if rating is None:
             raise BadInput(f"{raw.source}: --rating-threshold given but the log has no rating")
         keep &= rating >= rating_threshold
         counts["after_rating_threshold"] = _count(u[keep], i[keep])
     if dedup:
-        idx = np.flatnonzero(keep)
-        keys = [u[idx], i[idx], ts[idx]] + ([rating[idx]] if rating is not None else [])
-        keep[idx[duplicate_mask(keys)]] = False
+        keep &= ~sorted_duplicate_mask(ts, [u, i] + ([rating] if rating is not None else []))
         counts["after_dedup"] = _count(u[keep], i[keep])
     idx = np.flatnonzero(keep)
-    sub = kcore(u[idx], i[idx], min_user, min_item)
-    keep[idx[~sub]] = False
-    counts["after_kcore"] = _count(u[keep], i[keep])
+    keep[idx[~kcore(u[idx], i[idx], min_user, min_item)]] = False
+    del idx
     if not keep.any():
         raise BadInput(
             f"{raw.source}: no interactions left after the filters "
             f"(min_user={min_user}, min_item={min_item}, rating_threshold={rating_threshold})"
         )
-
-    idx = np.flatnonzero(keep)
-    order = idx[np.argsort(ts[idx], kind="stable")]  # ties keep file order
-    ts_s = ts[order]
-    # Dense ids in order of first appearance in time.
-    user_id, user_orig = _dense(u[order])
-    item_id, item_orig = _dense(i[order])
-    bounds = period_bounds(ts_s, fracs)
+    if not keep.all():
+        ts, u, i = ts[keep], u[keep], i[keep]
+        rating = rating[keep] if rating is not None else None
+    del keep
+    # Dense ids in order of first appearance in time (dictionary encoding keeps that order).
+    user_id, user_values = _renumber(u, user_dict)
+    del u
+    item_id, item_values = _renumber(i, item_dict)
+    del i
+    counts["after_kcore"] = _count(user_id, item_id)
+    bounds = period_bounds(ts, fracs)
     period = np.repeat(np.arange(len(fracs), dtype=np.int16), np.diff(bounds))
-
-    cols = {
-        "user_id": pa.array(user_id.astype(np.int32)),
-        "item_id": pa.array(item_id.astype(np.int32)),
-        "timestamp": pa.array(ts_s),
-    }
+    cols = {"user_id": user_id, "item_id": item_id, "timestamp": ts}
     if rating is not None:
-        cols["rating"] = pa.array(rating[order])
-    cols["period"] = pa.array(period)
-    interactions = pa.table(cols)
-    items = _join_meta(pc.take(item_values, pa.array(item_orig)), raw.items, "item_id", raw.source)
-    users = _join_meta(pc.take(user_values, pa.array(user_orig)), raw.users, "user_id", raw.source)
+        cols["rating"] = rating
+    cols["period"] = period
+    interactions = pa.table({k: pa.array(v) for k, v in cols.items()})
     stats = {
         "counts": counts,
         "filters": {
@@ -163,27 +204,47 @@ def prepare_log(
             "rating_threshold": rating_threshold,
             "dedup": dedup,
         },
-        "periods": period_table(ts_s, user_id, item_id, bounds),
+        "periods": period_table(ts, user_id, item_id, bounds),
     }
+    items = _join_meta(item_values, raw.items, "item_id", raw.source)
+    users = _join_meta(user_values, raw.users, "user_id", raw.source)
     return Prepared(interactions, items, users, stats)
 
 
+def _gather(codes: pa.Array, order: np.ndarray | None) -> np.ndarray:
+    a = codes.to_numpy(zero_copy_only=False)
+    return (a if order is None else a[order]).astype(np.int32, copy=False)
+
+
+def _renumber(codes: np.ndarray, dictionary: pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """Codes -> 0..n-1 in order of first appearance, and the original id (string) per new id."""
+    enc = pc.dictionary_encode(pa.array(codes))
+    new = enc.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+    return new, pc.cast(pc.take(dictionary, enc.dictionary), pa.string())
+
+
+def sorted_duplicate_mask(ts_sorted: np.ndarray, keys: list[np.ndarray]) -> np.ndarray:
+    """duplicate_mask for a log sorted by time: only rows sharing a timestamp can repeat."""
+    n = len(ts_sorted)
+    dup = np.zeros(n, dtype=bool)
+    if n < 2:
+        return dup
+    tie = ts_sorted[1:] == ts_sorted[:-1]
+    cand = np.zeros(n, dtype=bool)
+    cand[1:] |= tie
+    cand[:-1] |= tie
+    rows = np.flatnonzero(cand)
+    if len(rows):
+        dup[rows] = duplicate_mask([ts_sorted[rows]] + [k[rows] for k in keys])
+    return dup
+
+
 def _count(u: np.ndarray, i: np.ndarray) -> dict:
-    return {
-        "interactions": len(u),
-        "users": len(np.unique(u)) if len(u) else 0,
-        "items": len(np.unique(i)) if len(i) else 0,
-    }
+    return {"interactions": len(u), "users": _distinct(u), "items": _distinct(i)}
 
 
-def _dense(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Renumber codes 0..n-1 in order of first appearance; also return old code per new id."""
-    uniq, first = np.unique(codes, return_index=True)
-    by_first = np.argsort(first)
-    old_of_new = uniq[by_first]
-    new_of_old = np.empty(int(uniq.max()) + 1, dtype=np.int64)
-    new_of_old[old_of_new] = np.arange(len(old_of_new))
-    return new_of_old[codes], old_of_new
+def _distinct(codes: np.ndarray) -> int:
+    return int(np.count_nonzero(np.bincount(codes))) if len(codes) else 0
 
 
 def period_table(ts, users, items, bounds) -> list[dict]:
@@ -196,8 +257,8 @@ def period_table(ts, users, items, bounds) -> list[dict]:
                 "start": int(ts[a]) if b > a else None,
                 "end": int(ts[b - 1]) if b > a else None,
                 "interactions": b - a,
-                "users": len(np.unique(users[a:b])),
-                "items": len(np.unique(items[a:b])),
+                "users": _distinct(users[a:b]),
+                "items": _distinct(items[a:b]),
             }
         )
     return rows

@@ -37,6 +37,10 @@ def load_prepared(work: Path) -> Prepared:
 
 
 def run_prepare(ctx: Ctx) -> dict:
+    import pyarrow as pa
+
+    # The system allocator hands large freed buffers back at once: lower peak memory.
+    pa.set_memory_pool(pa.system_memory_pool())
     o = ctx.options
     if o["format"] not in FORMATS:
         raise BadInput(f"--format must be one of {', '.join(FORMATS)} (got {o['format']!r})")
@@ -90,7 +94,7 @@ class _stage:
         st = store.Stage(self.folder, "prepare", self.options, self.inputs, self.ctx.seed)
         if skip_if_fresh(self.ctx, st.up_to_date(), str(self.folder)):
             return None
-        self.cm = store.stage(self.folder, "prepare", self.options, self.inputs, self.ctx.seed)
+        self.cm = store.stage(self.folder, "prepare", {}, checked=st)
         return self.cm.__enter__()
 
     def __exit__(self, *exc):
