@@ -6,7 +6,7 @@ Top-level keys apply to every command; a table named after a command applies to 
     work = "runs/ml100k"
 
     [prepare]
-    periods = "0.6,0.1,0.1,0.1,0.1"
+    periods = "0.5,0.1,0.1,0.1,0.1,0.1"
     min_user = 5
 """
 

@@ -117,7 +117,7 @@ def test_ml100k_folder_and_zip(tmp_path, as_zip):
     assert all(y is not None for y in items["year"].to_pylist())
     assert all(len(c) == 2 for c in items["categories"].to_pylist())
     assert set(users.column_names) >= {"user_id", "original_id", "age", "gender", "occupation"}
-    assert meta["test_period"] == 4
+    assert meta["test_period"] == 5
 
 
 def test_ml1m_latin1(tmp_path):

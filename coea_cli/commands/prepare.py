@@ -55,7 +55,7 @@ def cli(
             help="Chronological periods: fractions summing to 1 (period 0 = initial training, "
             "last = test) or N equal slices."
         ),
-    ] = "0.6,0.1,0.1,0.1,0.1",
+    ] = "0.5,0.1,0.1,0.1,0.1,0.1",
     append: Annotated[
         Path | None,
         typer.Option(

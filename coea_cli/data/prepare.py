@@ -25,7 +25,7 @@ class Prepared:
 
 
 def parse_periods(spec: str) -> list[float]:
-    """`0.6,0.1,0.1,0.1,0.1` (fractions summing to 1) or `N` (N equal slices)."""
+    """`0.5,0.1,0.1,0.1,0.1,0.1` (fractions summing to 1) or `N` (N equal slices)."""
     spec = str(spec).strip()
     if "," not in spec and "." not in spec:
         try:
@@ -131,7 +131,7 @@ def prepare_log(
     min_item: int = 5,
     rating_threshold: float | None = None,
     dedup: bool = True,
-    periods: str = "0.6,0.1,0.1,0.1,0.1",
+    periods: str = "0.5,0.1,0.1,0.1,0.1,0.1",
 ) -> Prepared:
     """Filter, renumber and split a raw log. Consumes `raw.interactions` to save memory.
 

@@ -1,0 +1,1 @@
+"""Periodic Collaborative Optimization: the Novelty and Relevance LLMs, round by round."""

@@ -1,0 +1,91 @@
+"""A tiny workspace ready for `pco-round`, built without the slower upstream commands.
+
+The SID and group artifacts are written directly in their documented schemas (genre-derived
+codes, groups by user id), which isolates the PCO loop from RQ-VAE and persona generation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from coea_cli import store
+from tests.helpers import coea
+from tests.synth import GENRES, make_log
+
+TINY = [
+    "--backbone-hidden", 32, "--backbone-layers", 1, "--backbone-steps", 4,
+    "--round0-epochs", 1, "--epochs", 1, "--lora-r", 4, "--n", 4, "--batch-size", 32,
+]  # fmt: skip
+
+
+def tiny_workspace(tmp, periods: str = "0.5,0.25,0.25", seed: int = 0):
+    paths = make_log(tmp / "raw", n_users=30, n_items=40, per_user=24, seed=seed)
+    work = tmp / "work"
+    r = coea(
+        "prepare", "--source", paths["interactions"], "--format", "table",
+        "--items", paths["items"], "--users", paths["users"], "--min-user", 1, "--min-item", 1,
+        "--periods", periods, "--work", work,
+    )  # fmt: skip
+    assert r.code == 0, r.stderr
+    write_sids(work, seed)
+    write_groups(work)
+    return work
+
+
+def write_sids(work, seed: int = 0) -> None:
+    items = store.read_parquet(work / "data" / "items.parquet")
+    rng = np.random.default_rng(seed)
+    n = items.num_rows
+    c1 = np.array([GENRES.index(c[0]) if c else 0 for c in items["categories"].to_pylist()])
+    c2 = rng.integers(0, 4, n)
+    c3 = np.arange(n) % 8
+    sid = [f"<a_{a}><b_{b}><c_{c}><d_0>" for a, b, c in zip(c1, c2, c3, strict=True)]
+    folder = work / "sids"
+    folder.mkdir(parents=True, exist_ok=True)
+    store.write_parquet(
+        folder / "sids.parquet",
+        pa.table(
+            {
+                "item_id": pa.array(np.arange(n, dtype=np.int32)),
+                "c1": pa.array(c1.astype(np.int32)),
+                "c2": pa.array(c2.astype(np.int32)),
+                "c3": pa.array(c3.astype(np.int32)),
+                "dup": pa.array(np.zeros(n, dtype=np.int32)),
+                "sid": sid,
+            }
+        ),
+    )
+    present = sorted(set(c1.tolist()))
+    store.write_parquet(
+        folder / "clusters.parquet",
+        pa.table(
+            {
+                "cluster": pa.array(present, pa.int32()),
+                "size": pa.array([int((c1 == c).sum()) for c in present], pa.int32()),
+                "description": [f"{GENRES[c]} films" for c in present],
+                "prefix": [f"<a_{c}>" for c in present],
+            }
+        ),
+    )
+
+
+def write_groups(work, n_groups: int = 3) -> None:
+    users = store.read_parquet(work / "data" / "users.parquet")
+    ids = users["user_id"].to_numpy()
+    folder = work / "groups"
+    folder.mkdir(parents=True, exist_ok=True)
+    store.write_parquet(
+        folder / "groups.parquet",
+        pa.table({"user_id": pa.array(ids), "group": pa.array((ids % n_groups).astype(np.int32))}),
+    )
+    store.write_parquet(
+        folder / "personas.parquet",
+        pa.table(
+            {
+                "group": pa.array(np.arange(n_groups, dtype=np.int32)),
+                "persona": [f"Viewers of kind {g} who like films" for g in range(n_groups)],
+                "source": ["template"] * n_groups,
+            }
+        ),
+    )
