@@ -51,6 +51,7 @@ class Ctx:
     device: str
     force: bool
     options: dict
+    json: bool = False
 
     def path(self, *parts: str) -> Path:
         return self.work.joinpath(*parts)
@@ -77,6 +78,7 @@ def run(command: str, params: dict, impl: Callable[[Ctx], dict]) -> None:
         device=device,
         force=bool(params.get("force", False)),
         options={k: v for k, v in params.items() if k not in NOT_RECORDED},
+        json=bool(as_json),
     )
     seed_everything(ctx.seed)
     try:

@@ -33,6 +33,7 @@ class World:
     n_users: int
     n_items: int
     titles: list[str] = field(default_factory=list)
+    times: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def clusters(self) -> list[Cluster]:
         present = np.unique(self.item_cluster)
@@ -94,6 +95,7 @@ def load_world(work: Path) -> World:
         n_users=int(meta["users"]),
         n_items=n_items,
         titles=[t or "" for t in items["title"].to_pylist()],
+        times=inter["timestamp"].to_numpy(),
     )
 
 

@@ -1,0 +1,1 @@
+"""Offline evaluation of CoEA against baselines and ablations."""

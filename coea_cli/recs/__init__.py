@@ -1,0 +1,1 @@
+"""Serving: per-key candidates, per-user lists, offline storage."""

@@ -1,0 +1,100 @@
+"""Novel-cluster candidates per serving key, computed once per unique key.
+
+A serving key is (group, last few clusters). The Novelty LLM's exact constrained distribution
+over clusters is computed for the key's prompt, n clusters are sampled from it (temperature,
+seeded by the key itself, so any sharding of users gives the same draws), and the Relevance LLM
+scores each distinct draw: best-of-n.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from coea_cli.pco.context import Cluster, Context, World
+from coea_cli.pco.scoring import Prompter
+
+Key = tuple[int, tuple[int, ...]]
+
+
+@dataclass
+class Candidate:
+    cluster: Cluster
+    relevance: float  # P(Yes) from the Relevance LLM
+    novelty: float  # probability under the Novelty LLM's constrained distribution
+
+
+def key_of(group: int, recent: list[int], key_recent: int) -> Key:
+    return (int(group), tuple(int(c) for c in recent[-key_recent:]))
+
+
+def key_context(world: World, key: Key, use_dsie: bool) -> Context:
+    group, recent = key
+    persona = world.persona.get(group, "") if use_dsie else ""
+    clusters = [(c,) for c in recent]
+    return Context(user=-1, persona=persona, recent=clusters, familiar=clusters)
+
+
+def key_seed(key: Key, seed: int) -> int:
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def key_candidates(
+    world: World,
+    keys: list[Key],
+    novelty,
+    relevance,
+    prompter: Prompter,
+    *,
+    n: int,
+    temperature: float,
+    seed: int,
+    use_dsie: bool = True,
+    batch_size: int = 32,
+) -> dict[Key, list[Candidate]]:
+    """Candidates per key, best Relevance score first. `novelty` and `relevance` are
+    (model, tokenizer) pairs."""
+    from coea_cli.llm.decoding import cluster_logprobs, relevance_scores
+
+    clusters = world.clusters()
+    contexts = [key_context(world, k, use_dsie) for k in keys]
+    prompts = [prompter.novelty(c) for c in contexts]
+    lp = cluster_logprobs(*novelty, prompts, clusters, batch_size=batch_size).numpy()
+    col = {c: j for j, c in enumerate(clusters)}
+    drawn: list[list[Cluster]] = []
+    probs: list[np.ndarray] = []
+    for r, key in enumerate(keys):
+        logits = lp[r] / temperature
+        for c in key[1]:
+            logits[col[(c,)]] = -np.inf
+        p = (
+            np.exp(logits - np.max(logits))
+            if np.isfinite(logits).any()
+            else np.zeros(len(clusters))
+        )
+        if p.sum() == 0:
+            drawn.append([])
+            probs.append(p)
+            continue
+        p /= p.sum()
+        rng = np.random.default_rng(key_seed(key, seed))
+        picks = rng.choice(len(clusters), size=n, p=p)
+        drawn.append([clusters[j] for j in dict.fromkeys(picks.tolist())])
+        probs.append(p)
+    flat = [(r, c) for r, row in enumerate(drawn) for c in row]
+    rel = (
+        relevance_scores(
+            *relevance, [prompter.relevance(contexts[r], c) for r, c in flat], batch_size=batch_size
+        ).numpy()
+        if flat
+        else np.zeros(0)
+    )
+    out: dict[Key, list[Candidate]] = {k: [] for k in keys}
+    for (r, c), s in zip(flat, rel, strict=True):
+        out[keys[r]].append(Candidate(c, float(s), float(probs[r][col[c]])))
+    for k in out:
+        out[k].sort(key=lambda x: (-x.relevance, -x.novelty))
+    return out

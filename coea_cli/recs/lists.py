@@ -1,0 +1,68 @@
+"""Per-user top-K lists: items inside the user's best novel clusters, ranked by DSIE.
+
+For each user the key's candidates lose every cluster the user already knows; the top m left
+give the exploration pool, whose unseen items are ranked by the user's DSIE score. A share
+`1 - explore_ratio` of the K slots (and any slot the pool cannot fill) goes to DSIE's own
+relevance ranking.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from coea_cli.recs.candidates import Candidate
+
+SOURCES = ("coea", "dsie")
+RECORD = np.dtype([("item", "<i4"), ("score", "<f4"), ("cluster", "<i4"), ("source", "u1")])
+
+
+@dataclass
+class ListOptions:
+    k: int = 20
+    top_m: int = 3
+    explore_ratio: float = 1.0
+
+
+def user_list(
+    scores: np.ndarray,
+    seen: np.ndarray,
+    familiar: set[int],
+    candidates: list[Candidate],
+    items_of_cluster: dict[int, np.ndarray],
+    item_cluster: np.ndarray,
+    opt: ListOptions,
+) -> np.ndarray:
+    """One user's list as a RECORD array (at most k rows). `scores`: [N] item scores."""
+    s = scores.astype(np.float64).copy()
+    s[seen] = -np.inf
+    novel = [c.cluster[0] for c in candidates if c.cluster[0] not in familiar][: opt.top_m]
+    n_explore = round(opt.k * opt.explore_ratio)
+    chosen: list[tuple[int, int]] = []
+    if novel and n_explore > 0:
+        pool = np.concatenate([items_of_cluster.get(c, np.zeros(0, np.int64)) for c in novel])
+        pool = pool[np.isfinite(s[pool])]
+        top = pool[np.argsort(-s[pool], kind="stable")[:n_explore]]
+        chosen += [(int(i), 0) for i in top]
+        s[top] = -np.inf
+    rest = opt.k - len(chosen)
+    if rest > 0:
+        finite = np.flatnonzero(np.isfinite(s))
+        top = finite[np.argsort(-s[finite], kind="stable")[:rest]]
+        chosen += [(int(i), 1) for i in top]
+    out = np.zeros(len(chosen), dtype=RECORD)
+    for r, (i, src) in enumerate(chosen):
+        out[r] = (i, scores[i], item_cluster[i], src)
+    return out
+
+
+def clusters_to_items(item_cluster: np.ndarray) -> dict[int, np.ndarray]:
+    order = np.argsort(item_cluster, kind="stable")
+    sorted_c = item_cluster[order]
+    cuts = np.flatnonzero(np.diff(sorted_c)) + 1
+    return {
+        int(part_c[0]): part_i
+        for part_c, part_i in zip(np.split(sorted_c, cuts), np.split(order, cuts), strict=True)
+        if len(part_c)
+    }
