@@ -37,6 +37,8 @@ def run_evaluate(ctx: Ctx) -> dict:
         raise MissingArtifact(work / "pco" / "state.json", "pco-round")
     meta = store.read_json(work / "data" / "dataset.json")
     test = int(meta["test_period"])
+    emb, _ = store.read_tensors(work / "items" / "item_emb.safetensors", command="tokenize-items")
+    item_emb = emb["content"].astype(np.float32)
     llm = LLMOptions(base_model=main.get("base_model", "scratch"), device=ctx.device, seed=ctx.seed)
     t0 = time.time()
     engine = Engine(work, test, llm)
@@ -45,8 +47,6 @@ def run_evaluate(ctx: Ctx) -> dict:
     users = np.array(sorted(u for u in truth_seq if len(engine.seen(u)) > 0), dtype=np.int64)
     truth = [np.unique(truth_seq[int(u)]) for u in users]
     history = [engine.seen(u) for u in users]
-    emb, _ = store.read_tensors(work / "items" / "item_emb.safetensors", command="tokenize-items")
-    item_emb = emb["content"].astype(np.float32)
     before = w.periods < test
     pairs = np.unique(np.stack([w.users[before], w.items[before]]), axis=1)
     item_pop = np.bincount(pairs[1], minlength=w.n_items)

@@ -1,0 +1,145 @@
+"""`coea recommend` and `coea evaluate` on a tiny workspace trained end to end."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from coea_cli import store
+from coea_cli.recs.lists import RECORD
+from tests.helpers import coea
+from tests.pco_fixtures import TINY, tiny_workspace
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    work = tiny_workspace(tmp_path_factory.mktemp("recs"))
+    shutil.rmtree(work / "groups")  # the real command, with persona embeddings
+    for args in (
+        ("tokenize-items",),
+        ("profile-groups", "--groups", 3),
+        ("train-dsie", "--epochs", 1, "--hidden", 32, "--heads", 2),
+        ("pco-round", *TINY, "--rounds", 2),
+        ("pco-round", *TINY, "--track", "nokl", "--no-kl"),
+        ("recommend", "--k", 10, "--n", 4),
+    ):
+        r = coea(*args, "--work", work)
+        assert r.code == 0, (args, r.stderr)
+    return work
+
+
+def _recs(folder) -> pa.Table:
+    return store.read_parquet(folder / "recs.parquet")
+
+
+def test_lists_exclude_seen_and_hold_valid_items(trained):
+    t = _recs(trained / "recs")
+    inter = store.read_parquet(trained / "data" / "interactions.parquet")
+    meta = store.read_json(trained / "data" / "dataset.json")
+    n_items = meta["items"]
+    items = t["item_id"].to_numpy()
+    assert ((items >= 0) & (items < n_items)).all()
+    train = inter.filter(pc.less(inter["period"], meta["test_period"]))
+    seen = set(zip(train["user_id"].to_pylist(), train["item_id"].to_pylist(), strict=True))
+    pairs = list(zip(t["user_id"].to_pylist(), items.tolist(), strict=True))
+    assert not seen & set(pairs)
+    assert len(set(pairs)) == len(pairs)  # no duplicates within a list
+    per_user = np.bincount(t["user_id"].to_numpy())
+    assert per_user.max() == 10 and t.num_rows > 0
+    sids = store.read_parquet(trained / "sids" / "sids.parquet").sort_by("item_id")
+    assert (sids["c1"].to_numpy()[items] == t["cluster"].to_numpy()).all()
+    report = store.read_json(trained / "recs" / "report.json")
+    assert report["unique_keys"] <= report["users"]
+
+
+def test_coea_items_come_from_clusters_new_to_the_user(trained):
+    t = _recs(trained / "recs")
+    inter = store.read_parquet(trained / "data" / "interactions.parquet")
+    meta = store.read_json(trained / "data" / "dataset.json")
+    sids = store.read_parquet(trained / "sids" / "sids.parquet").sort_by("item_id")
+    c1 = sids["c1"].to_numpy()
+    train = inter.filter(pc.less(inter["period"], meta["test_period"]))
+    familiar: dict[int, set] = {}
+    for u, i in zip(train["user_id"].to_pylist(), train["item_id"].to_pylist(), strict=True):
+        familiar.setdefault(u, set()).add(int(c1[i]))
+    coea_rows = t.filter(pc.equal(t["source"], "coea"))
+    assert coea_rows.num_rows > 0
+    for u, c in zip(
+        coea_rows["user_id"].to_pylist(), coea_rows["cluster"].to_pylist(), strict=True
+    ):
+        assert c not in familiar.get(u, set())
+
+
+def test_shards_union_equals_full_run(trained):
+    for i in range(2):
+        r = coea("recommend", "--k", 10, "--n", 4, "--shard", f"{i}/2", "--work", trained)
+        assert r.code == 0, r.stderr
+    full = _recs(trained / "recs")
+    parts = [_recs(trained / "recs" / "shards" / f"{i}-of-2") for i in range(2)]
+    union = pa.concat_tables(parts).sort_by([("user_id", "ascending"), ("rank", "ascending")])
+    full = full.sort_by([("user_id", "ascending"), ("rank", "ascending")])
+    for col in ("user_id", "rank", "item_id", "cluster", "source"):
+        assert union[col].to_pylist() == full[col].to_pylist(), col
+    np.testing.assert_allclose(union["score"].to_numpy(), full["score"].to_numpy(), rtol=1e-5)
+
+
+def test_lmdb_round_trip_and_lookup(trained):
+    t = _recs(trained / "recs")
+    users = store.read_parquet(trained / "data" / "users.parquet")["original_id"].to_pylist()
+    env = store.open_lmdb(trained / "recs" / "recs.lmdb")
+    with env.begin() as txn:
+        for u in np.unique(t["user_id"].to_numpy())[:10]:
+            rec = np.frombuffer(txn.get(b"u:%d" % u), dtype=RECORD)
+            rows = t.filter(pc.equal(t["user_id"], int(u))).sort_by("rank")
+            assert rec["item"].tolist() == rows["item_id"].to_pylist()
+            assert txn.get(b"o:" + users[u].encode()) == str(u).encode()
+    env.close()
+    u = int(t["user_id"][0].as_py())
+    r = coea("recommend", "--user", users[u], "--work", trained, "--json")
+    assert r.code == 0, r.stderr
+    out = r.json()["recommendations"]
+    items = store.read_parquet(trained / "data" / "items.parquet")["original_id"].to_pylist()
+    first = t.filter(pc.equal(t["user_id"], u)).sort_by("rank")["item_id"].to_pylist()
+    assert [x["item"] for x in out] == [items[i] for i in first]
+
+
+def test_unknown_user_is_bad_input(trained):
+    r = coea("recommend", "--user", "no-such-user", "--work", trained)
+    assert r.code == 2 and "unknown user" in r.stderr
+
+
+def test_bad_shard_and_ratio(trained):
+    assert coea("recommend", "--shard", "3/2", "--work", trained).code == 2
+    assert coea("recommend", "--explore-ratio", 1.5, "--work", trained).code == 2
+
+
+def test_rerun_is_a_noop(trained):
+    before = (trained / "recs" / "recs.parquet").stat().st_mtime_ns
+    r = coea("recommend", "--k", 10, "--n", 4, "--work", trained, "--json")
+    assert r.code == 0 and r.json()["status"] == "up to date"
+    assert (trained / "recs" / "recs.parquet").stat().st_mtime_ns == before
+
+
+def test_evaluate_reports_every_system(trained):
+    r = coea("evaluate", "--n", 4, "--work", trained, "--json")
+    assert r.code == 0, r.stderr
+    report = r.json()
+    assert report["protocol"].startswith("Protocol: full ranking")
+    assert set(report["systems"]) == {
+        "Popularity", "Random novel", "DSIE top-K", "DSIE + MMR", "CoEA round 0 (w/o PCO)",
+        "CoEA w/o KL", "CoEA w/o DSIE", "CoEA (full)",
+    }  # fmt: skip
+    for row in report["systems"].values():
+        for key in ("hr@10", "ndcg@10", "unexpectedness@10", "serendipity@10", "coverage@10"):
+            assert row[key] is None or 0.0 <= row[key] <= 1.0
+    assert report["systems"]["Random novel"]["unexpectedness@10"] == 1.0
+    assert [r["round"] for r in report["rounds"]["main"]] == [0, 1]
+    assert [r["round"] for r in report["rounds"]["nokl"]] == [0, 1]
+    for name in ("report.md", "report.json", "rounds.png", "tradeoff.png"):
+        assert (trained / "eval" / name).exists()
+    assert (trained / "eval" / "rounds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| CoEA (full) |" in (trained / "eval" / "report.md").read_text()
