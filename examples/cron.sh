@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Incremental rounds from cron, e.g. weekly:
 #   0 3 * * 1  /srv/coea/examples/cron.sh /srv/coea/runs/prod /srv/logs/week-$(date +\%G-\%V).parquet
-# New logs become a new period (known users and items keep their ids), then one PCO round
+# New logs become a new period (known users and items keep their ids) and the newest period is
+# held out for evaluation, so the round fine-tunes on the period before it. Then one PCO round
 # fine-tunes on it and the lists are recomputed. Both state-advancing steps hold the workspace
 # lock: an overlapping run exits at once with code 75 and changes nothing. A run killed halfway
 # leaves the last completed round intact; the next run redoes the interrupted one.
