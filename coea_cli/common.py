@@ -81,6 +81,7 @@ def run(command: str, params: dict, impl: Callable[[Ctx], dict]) -> None:
         json=bool(as_json),
     )
     seed_everything(ctx.seed)
+    console.quiet_libraries()
     try:
         result = impl(ctx)
     except CoeaError as e:

@@ -59,6 +59,31 @@ def progress(description: str, total: int | None, unit: str = ""):
         yield advance
 
 
+def quiet_libraries() -> None:
+    """Keep library chatter off stderr: Hugging Face loading bars and info logs, a deprecation
+    warning peft triggers, and bitsandbytes' notice that the optional hub package `kernels` is
+    absent (this project's own `kernels` package shares that import name; bitsandbytes then uses
+    its built-in CPU path)."""
+    import logging
+    import os
+    import warnings
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings(
+        "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+    )
+    for name in ("bitsandbytes", "bitsandbytes.backends.cpu.ops"):
+        log = logging.getLogger(name)
+        if _no_hub_kernels not in log.filters:
+            log.addFilter(_no_hub_kernels)
+
+
+def _no_hub_kernels(record) -> bool:
+    return "kernels-community" not in record.getMessage()
+
+
 def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"

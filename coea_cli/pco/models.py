@@ -84,34 +84,6 @@ def _item_texts(work: Path, world: World) -> list[str]:
     return [t for t in world.titles if t]
 
 
-def quiet_libraries() -> None:
-    """Keep library chatter off stderr: transformers' loading bars, and bitsandbytes' notice
-    that the optional hub package `kernels` is absent (this project's own `kernels` package
-    shares that import name; bitsandbytes then uses its built-in CPU path)."""
-    import logging
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    warnings.filterwarnings(
-        "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
-    )
-
-    for name in ("bitsandbytes", "bitsandbytes.backends.cpu.ops"):
-        log = logging.getLogger(name)
-        if not any(getattr(f, "coea_hub_kernels", False) for f in log.filters):
-            log.addFilter(_no_hub_kernels)
-
-
-def _no_hub_kernels(record) -> bool:
-    return "kernels-community" not in record.getMessage()
-
-
-_no_hub_kernels.coea_hub_kernels = True
-
-
 def load_model(
     backbone: Path, opt: LLMOptions, adapter: Path | None, trainable: bool, sid_tokens: list[str]
 ):
@@ -120,7 +92,6 @@ def load_model(
     from coea_cli.llm.backbone import add_lora, load_adapter, load_backbone
     from coea_cli.llm.vocab import add_sid_tokens
 
-    quiet_libraries()
     if opt.attn == "coea_triton":
         import kernels.hf  # noqa: F401  (registers the attention implementation)
     base, tokenizer = load_backbone(
