@@ -1,0 +1,274 @@
+"""Fine-tuning loops of the Novelty and Relevance LLMs (LoRA, optionally on a 4-bit base).
+
+Data in, metrics out: examples are already-rendered prompts (see ``prompts.py``) with their
+target cluster, preference pair or 0/1 label. AdamW on the trainable parameters only, gradient
+clipping, works on CPU and CUDA.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+from coea_cli.llm.backbone import disable_cpu_bf16_repack
+from coea_cli.llm.decoding import (
+    ClusterTable,
+    ClusterTrie,
+    _EvalMode,
+    _pad_id,
+    encode_prompts,
+    forward_tail,
+    relevance_logits,
+    table_logprobs,
+)
+from coea_cli.llm.losses import IGNORE, dpo_loss, kl_to_previous, relevance_loss, sft_loss
+from coea_cli.llm.prompts import answer_token_ids
+from coea_cli.llm.vocab import cluster_token_ids
+
+Cluster = tuple[int, ...]
+Progress = Callable[[int, int, float], None]
+OBJECTIVES = ("sft", "sft_kl", "dpo")
+
+
+def _optimizer(model, lr: float):
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters (wrap it with add_lora first)")
+    return params, torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+
+
+def _batches(n: int, batch_size: int, gen) -> list[list[int]]:
+    order = torch.randperm(n, generator=gen).tolist()
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def _loop(model, n, *, epochs, lr, batch_size, max_grad_norm, seed, progress, step_fn):
+    """Shared loop: ``step_fn(indices) -> (loss, stats)``; returns per-epoch means."""
+    if n == 0:
+        raise ValueError("no training examples")
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    params, opt = _optimizer(model, lr)
+    total = epochs * math.ceil(n / batch_size)
+    was_training = model.training
+    model.train()
+    step, history, first = 0, [], None
+    try:
+        for _ in range(epochs):
+            sums: dict[str, float] = {}
+            count = 0
+            for idx in _batches(n, batch_size, gen):
+                loss, stats = step_fn(idx)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+                opt.step()
+                step += 1
+                value = float(loss.detach())
+                first = value if first is None else first
+                for k, v in {"loss": value, **stats}.items():
+                    sums[k] = sums.get(k, 0.0) + v * len(idx)
+                count += len(idx)
+                if progress is not None:
+                    progress(step, total, value)
+            history.append({k: v / count for k, v in sums.items()})
+    finally:
+        model.train(was_training)
+    return step, first, history
+
+
+def _summary(kind, n, steps, first, history, t0) -> dict:
+    out = {
+        "objective": kind,
+        "examples": n,
+        "epochs": len(history),
+        "steps": steps,
+        "loss_first_step": first,
+        "epoch_loss": [h["loss"] for h in history],
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    out.update({k: v for k, v in history[-1].items() if k != "loss"})
+    out["loss_last_epoch"] = history[-1]["loss"]
+    return out
+
+
+def _previous(ref_model, model, prompts, prompt_ids, table, pad):
+    """``[N, C]`` previous-round cluster log-probs: given, from a callable, or from ``model``
+    as it is now (the previous round's model when a round starts from it)."""
+    if isinstance(ref_model, torch.Tensor):
+        prev = ref_model
+    elif callable(ref_model):
+        prev = ref_model(list(prompts))
+    else:
+        rows = []
+        with _EvalMode(model):
+            for s in range(0, len(prompt_ids), 16):
+                rows.append(table_logprobs(model, prompt_ids[s : s + 16], table, pad).cpu())
+        prev = torch.cat(rows)
+    prev = torch.as_tensor(prev, dtype=torch.float32).cpu()
+    if prev.shape != (len(prompts), len(table.trie)):
+        raise ValueError(
+            f"previous log-probs have shape {tuple(prev.shape)}, "
+            f"expected ({len(prompts)}, {len(table.trie)})"
+        )
+    return prev
+
+
+def train_novelty(
+    model,
+    tokenizer,
+    examples: Sequence[tuple[str, Cluster]],
+    *,
+    epochs: int = 1,
+    lr: float = 2e-4,
+    batch_size: int = 8,
+    objective: str = "sft",
+    kl_weight: float = 0.1,
+    ref_model=None,
+    valid_clusters: Sequence[Cluster] | None = None,
+    dpo_pairs: Sequence[tuple[str, Cluster, Cluster]] | None = None,
+    beta: float = 0.1,
+    max_grad_norm: float = 1.0,
+    progress: Progress | None = None,
+    seed: int = 0,
+) -> dict:
+    """Fine-tune the Novelty LLM; returns metrics.
+
+    - ``sft``: cross-entropy on the target cluster tokens of ``(prompt, target)`` examples.
+    - ``sft_kl``: plus ``kl_weight * KL(new || previous)`` over the constrained distribution of
+      ``valid_clusters`` given each prompt. ``ref_model`` supplies the previous distribution: a
+      ``[N, C]`` tensor aligned with ``examples``, a callable ``prompts -> [N, C]``, or None to
+      take it from ``model`` before the first update (exact when the round starts from the
+      previous round's adapter).
+    - ``dpo``: DPO on ``dpo_pairs`` ``(prompt, chosen, rejected)`` with the constrained cluster
+      log-probs of ``valid_clusters``; the reference is ``ref_model`` as above (aligned with
+      ``dpo_pairs``) or the model before the first update. ``examples`` is not used.
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, not {objective!r}")
+    t0 = time.perf_counter()
+    disable_cpu_bf16_repack(model)
+    pad = _pad_id(tokenizer)
+    table = None
+    if objective in ("sft_kl", "dpo"):
+        if not valid_clusters:
+            raise ValueError(f"objective {objective} needs valid_clusters")
+        table = ClusterTable(ClusterTrie.from_clusters(tokenizer, valid_clusters))
+
+    loop = dict(
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        max_grad_norm=max_grad_norm,
+        seed=seed,
+        progress=progress,
+    )
+    if objective == "dpo":
+        return _train_dpo(model, tokenizer, dpo_pairs, table, ref_model, beta, t0, loop)
+
+    prompts = [p for p, _ in examples]
+    prompt_ids = encode_prompts(tokenizer, prompts)
+    targets = [cluster_token_ids(tokenizer, c) for _, c in examples]
+    if len({len(t) for t in targets}) > 1:
+        raise ValueError("all target clusters must have the same number of levels")
+    prev = None
+    if objective == "sft_kl":
+        prev = _previous(ref_model, model, prompts, prompt_ids, table, pad)
+
+    def step(idx):
+        seqs = [prompt_ids[i] + targets[i] for i in idx]
+        length = len(targets[idx[0]])
+        logits = forward_tail(model, seqs, length + 1, pad)
+        labels = torch.tensor([[IGNORE] + targets[i] for i in idx], device=logits.device)
+        sft = sft_loss(logits, labels)
+        if prev is None:
+            return sft, {"sft": float(sft.detach())}
+        if table.length == 1:  # the cluster distribution sits at the last prompt position
+            new = table.score(logits[:, :1])
+        else:
+            new = table_logprobs(model, [prompt_ids[i] for i in idx], table, pad)
+        kl = kl_to_previous(new, prev[idx].to(new.device))
+        return sft + kl_weight * kl, {"sft": float(sft.detach()), "kl": float(kl.detach())}
+
+    steps, first, history = _loop(model, len(examples), step_fn=step, **loop)
+    out = _summary(objective, len(examples), steps, first, history, t0)
+    if objective == "sft_kl":
+        out["kl_weight"] = kl_weight
+    return out
+
+
+def _train_dpo(model, tokenizer, pairs, table, ref_model, beta, t0, loop) -> dict:
+    if not pairs:
+        raise ValueError("objective dpo needs dpo_pairs")
+    pad = _pad_id(tokenizer)
+    prompts = [p for p, _, _ in pairs]
+    prompt_ids = encode_prompts(tokenizer, prompts)
+    col = {c: j for j, c in enumerate(table.trie.clusters)}
+    try:
+        chosen = torch.tensor([col[tuple(c)] for _, c, _ in pairs])
+        rejected = torch.tensor([col[tuple(r)] for _, _, r in pairs])
+    except KeyError as e:
+        raise ValueError(f"preference cluster {e.args[0]} is not among valid_clusters") from e
+    ref = _previous(ref_model, model, prompts, prompt_ids, table, pad)
+    ref_c, ref_r = ref.gather(1, chosen[:, None])[:, 0], ref.gather(1, rejected[:, None])[:, 0]
+
+    def step(idx):
+        lp = table_logprobs(model, [prompt_ids[i] for i in idx], table, pad)
+        rows = torch.arange(len(idx), device=lp.device)
+        pc, pr = lp[rows, chosen[idx].to(lp.device)], lp[rows, rejected[idx].to(lp.device)]
+        rc, rr = ref_c[idx].to(lp.device), ref_r[idx].to(lp.device)
+        loss = dpo_loss(pc, pr, rc, rr, beta)
+        acc = ((pc - rc) > (pr - rr)).float().mean()
+        return loss, {"dpo_accuracy": float(acc)}
+
+    steps, first, history = _loop(model, len(pairs), step_fn=step, **loop)
+    out = _summary("dpo", len(pairs), steps, first, history, t0)
+    out["beta"] = beta
+    return out
+
+
+def train_relevance(
+    model,
+    tokenizer,
+    examples: Sequence[tuple[str, int]],
+    *,
+    epochs: int = 1,
+    lr: float = 2e-4,
+    batch_size: int = 8,
+    max_grad_norm: float = 1.0,
+    progress: Progress | None = None,
+    seed: int = 0,
+) -> dict:
+    """Fine-tune the Relevance LLM on ``(prompt, label)`` examples (label 1 = Yes); binary
+    cross-entropy on the Yes/No answer logits. Returns metrics (accuracy of the last epoch)."""
+    t0 = time.perf_counter()
+    disable_cpu_bf16_repack(model)
+    pad = _pad_id(tokenizer)
+    yes_no = answer_token_ids(tokenizer)
+    prompt_ids = encode_prompts(tokenizer, [p for p, _ in examples])
+    labels = torch.tensor([int(y) for _, y in examples], dtype=torch.float32)
+    if not set(labels.unique().tolist()) <= {0.0, 1.0}:
+        raise ValueError("relevance labels must be 0 or 1")
+
+    def step(idx):
+        pair = relevance_logits(model, [prompt_ids[i] for i in idx], yes_no, pad)
+        y = labels[idx].to(pair.device)
+        loss = relevance_loss(pair, y)
+        acc = (((pair[:, 0] > pair[:, 1]).float()) == y).float().mean()
+        return loss, {"accuracy": float(acc)}
+
+    steps, first, history = _loop(
+        model,
+        len(examples),
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        max_grad_norm=max_grad_norm,
+        seed=seed,
+        progress=progress,
+        step_fn=step,
+    )
+    return _summary("relevance", len(examples), steps, first, history, t0)

@@ -1,0 +1,110 @@
+"""Semantic-ID tokens: names, cluster <-> text conversion, and adding them to a model.
+
+A SID token is ``<{level letter}_{code}>``: level 1 is ``a``, level 2 ``b``, and so on. An interest
+cluster is a SID prefix, held in Python as a tuple of codes: ``(12, 7)`` <-> ``"<a_12><b_7>"``.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Iterable, Sequence
+
+LEVEL_LETTERS = string.ascii_lowercase
+EMBED_MULTIPLE = 64
+_TOKEN = re.compile(r"<([a-z])_(\d+)>")
+
+
+def sid_token(level: int, code: int) -> str:
+    """Token for ``code`` at 0-based ``level``: ``sid_token(1, 7) == "<b_7>"``."""
+    return f"<{LEVEL_LETTERS[level]}_{int(code)}>"
+
+
+def sid_tokens(levels: int, codebook_sizes: int | Sequence[int]) -> list[str]:
+    """All SID tokens for ``levels`` levels, level by level, codes in order.
+
+    ``codebook_sizes`` is one size for every level or one per level (a dedup level is just
+    another level with its own size).
+    """
+    sizes = [codebook_sizes] * levels if isinstance(codebook_sizes, int) else list(codebook_sizes)
+    if len(sizes) != levels:
+        raise ValueError(f"{levels} levels but {len(sizes)} codebook sizes")
+    if levels > len(LEVEL_LETTERS):
+        raise ValueError(f"at most {len(LEVEL_LETTERS)} levels")
+    return [sid_token(lvl, c) for lvl, k in enumerate(sizes) for c in range(k)]
+
+
+def cluster_to_text(cluster: Sequence[int]) -> str:
+    """``(12, 7)`` -> ``"<a_12><b_7>"``."""
+    return "".join(sid_token(lvl, c) for lvl, c in enumerate(cluster))
+
+
+def text_to_cluster(text: str) -> tuple[int, ...]:
+    """``"<a_12><b_7>"`` -> ``(12, 7)``; levels must run a, b, c, ... with nothing between."""
+    codes = []
+    pos = 0
+    for lvl, m in enumerate(_TOKEN.finditer(text)):
+        if m.start() != pos or m.group(1) != LEVEL_LETTERS[lvl]:
+            raise ValueError(f"not a cluster token string: {text!r}")
+        codes.append(int(m.group(2)))
+        pos = m.end()
+    if pos != len(text) or not codes:
+        raise ValueError(f"not a cluster token string: {text!r}")
+    return tuple(codes)
+
+
+def cluster_token_ids(tokenizer, cluster: Sequence[int]) -> list[int]:
+    """Token ids of a cluster's SID tokens (one id per level)."""
+    toks = [sid_token(lvl, c) for lvl, c in enumerate(cluster)]
+    ids = tokenizer.convert_tokens_to_ids(toks)
+    unk = getattr(tokenizer, "unk_token_id", None)
+    for t, i in zip(toks, ids, strict=True):
+        if i is None or (unk is not None and i == unk):
+            raise KeyError(f"token {t} is not in the tokenizer vocabulary")
+    return list(ids)
+
+
+def add_sid_tokens(model, tokenizer, tokens: Iterable[str], *, seed: int = 0) -> list[int]:
+    """Add SID tokens to ``tokenizer`` and grow ``model``'s embeddings to match.
+
+    Tokens already present are kept. Embeddings are resized to a multiple of 64 rows; every new row
+    (input and, when untied, output) is the mean of the existing rows plus small seeded noise, so
+    the same base, tokens and seed always give the same matrix. Returns the ids of ``tokens``.
+    """
+    from tokenizers import AddedToken
+
+    tokens = list(tokens)
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in tokens if t not in vocab]
+    if missing:
+        tokenizer.add_tokens([AddedToken(t, normalized=False, special=False) for t in missing])
+    resize_embeddings(model, len(tokenizer), seed=seed)
+    return [tokenizer.convert_tokens_to_ids(t) for t in tokens]
+
+
+def resize_embeddings(model, n_tokens: int, *, seed: int = 0) -> int:
+    """Resize to at least ``n_tokens`` rows, padded to a multiple of 64; returns the new row count.
+
+    Rows past the old size are set to mean(old rows) + N(0, (0.1 * std(old rows))^2), drawn from a
+    generator seeded with ``seed``.
+    """
+    import torch
+
+    emb = model.get_input_embeddings()
+    old = emb.weight.shape[0]
+    new = -(-max(n_tokens, old) // EMBED_MULTIPLE) * EMBED_MULTIPLE
+    model.coea_resize_seed = seed
+    if new == old:
+        return old
+    model.resize_token_embeddings(new, mean_resizing=False)
+    gen = torch.Generator().manual_seed(seed)
+    targets = [model.get_input_embeddings().weight]
+    out = model.get_output_embeddings()
+    if out is not None and out.weight is not targets[0]:
+        targets.append(out.weight)
+    with torch.no_grad():
+        for w in targets:
+            base = w[:old].float()
+            noise = torch.randn(new - old, w.shape[1], generator=gen).to(w.device)
+            w[old:] = (base.mean(0) + noise * 0.1 * base.std(0)).to(w.dtype)
+    return new
