@@ -1,0 +1,485 @@
+"""Triton kernels: FlashAttention-2 style forward and backward over per-row valid ranges.
+
+Row b of the batch has valid positions [starts[b], ends[b]). Key blocks start at starts[b], so
+blocks outside the valid range (and above the causal diagonal) are never visited. Loops run
+first over blocks that need no mask, then over the few that do (diagonal and tail).
+Scores use base 2: qk_scale = scale * log2(e), and the stored logsumexp is in that unit (fp32).
+A query head h reads kv head h // GROUP; dK/dV sum over the GROUP query heads of their kv head.
+"""
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+LOG2E = 1.4426950408889634
+NEG = tl.constexpr(-1.0e30)  # finite "minus infinity": fully masked rows stay finite
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages), tuned for Hopper (H100/H200). fp16/bf16 and fp32
+# (tf32x3 products, twice the bytes per tile) get separate sets that fit in shared memory.
+_FWD = {
+    "16bit": [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 32, 4, 4)],
+    "fp32": [(64, 64, 4, 2), (64, 32, 4, 2)],
+}
+# dK/dV: BLOCK_N keys held, BLOCK_M queries streamed.
+_DKDV = {
+    "16bit": [(32, 128, 4, 3), (64, 128, 8, 3), (64, 64, 4, 3), (32, 64, 4, 4)],
+    "fp32": [(32, 64, 4, 2), (16, 64, 4, 2)],
+}
+# dQ: BLOCK_M queries held, BLOCK_N keys streamed.
+_DQ = {
+    "16bit": [(128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 4)],
+    "fp32": [(64, 32, 4, 2), (32, 32, 4, 2)],
+}
+# The interpreter runs one config (no autotuning); unequal blocks exercise the loop bounds.
+_INTERPRET = {"fwd": (32, 16, 4, 1), "dkdv": (16, 32, 4, 1), "dq": (32, 16, 4, 1)}
+
+
+def _row(config: triton.Config) -> tuple[int, int, int, int]:
+    kw = config.kwargs
+    return kw["BLOCK_M"], kw["BLOCK_N"], config.num_warps, config.num_stages
+
+
+def _configs(table: dict, kind: str) -> list[triton.Config]:
+    rows = [_INTERPRET[kind]] if INTERPRET else list(dict.fromkeys(table["16bit"] + table["fp32"]))
+    return [
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+        for m, n, w, s in rows
+    ]
+
+
+def _pruner(table: dict):
+    def prune(configs, named_args, **kwargs):
+        """Keep the configs of the input dtype whose blocks fit the (bucketed) sequence
+        length; if none fits, the smallest tile."""
+        kind = "fp32" if named_args["Q"].dtype == torch.float32 else "16bit"
+        ours = [c for c in configs if _row(c) in table[kind]]
+        seq = max(named_args["L_KEY"], 16)
+        kept = [c for c in ours if c.kwargs["BLOCK_M"] <= seq and c.kwargs["BLOCK_N"] <= seq]
+        if kept:
+            return kept
+        return [min(ours, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+
+    return {"early_config_prune": prune}
+
+
+_KEY = ["L_KEY", "BLOCK_D", "CAUSAL", "GROUP"]
+
+
+@triton.jit
+def _load_rows(ptrs, row_mask, d_mask, MASK_ROWS: tl.constexpr, EVEN_D: tl.constexpr):
+    """Load a [rows, BLOCK_D] tile; masked rows and padded head dims read as 0."""
+    if MASK_ROWS:
+        if EVEN_D:
+            x = tl.load(ptrs, mask=row_mask[:, None], other=0.0)
+        else:
+            x = tl.load(ptrs, mask=row_mask[:, None] & d_mask[None, :], other=0.0)
+    else:
+        if EVEN_D:
+            x = tl.load(ptrs)
+        else:
+            x = tl.load(ptrs, mask=d_mask[None, :], other=0.0)
+    return x
+
+
+@triton.jit
+def _load_cols(ptrs, col_mask, d_mask, MASK_COLS: tl.constexpr, EVEN_D: tl.constexpr):
+    """Load a transposed [BLOCK_D, cols] tile; masked entries read as 0."""
+    if MASK_COLS:
+        if EVEN_D:
+            x = tl.load(ptrs, mask=col_mask[None, :], other=0.0)
+        else:
+            x = tl.load(ptrs, mask=col_mask[None, :] & d_mask[:, None], other=0.0)
+    else:
+        if EVEN_D:
+            x = tl.load(ptrs)
+        else:
+            x = tl.load(ptrs, mask=d_mask[:, None], other=0.0)
+    return x
+
+
+@triton.jit
+def _fwd_step(
+    acc, l_i, m_i, q, k_base, v_base, skl, svl, n_start, offs_m, offs_d, d_mask, end, qk_scale,
+    CAUSAL: tl.constexpr, MASKED: tl.constexpr, EVEN_D: tl.constexpr,
+    BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    offs_n = n_start + tl.arange(0, BLOCK_N)
+    key_ok = offs_n < end
+    kt = _load_cols(
+        k_base + offs_n[None, :] * skl + offs_d[:, None], key_ok, d_mask, MASKED, EVEN_D
+    )
+    s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
+    if MASKED:
+        keep = key_ok[None, :]
+        if CAUSAL:
+            keep = keep & (offs_n[None, :] <= offs_m[:, None])
+        s = tl.where(keep, s, NEG)
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    p = tl.math.exp2(s - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = _load_rows(v_base + offs_n[:, None] * svl + offs_d[None, :], key_ok, d_mask, MASKED, EVEN_D)
+    acc = acc * alpha[:, None]
+    acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PRECISION)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def _query_loop_bounds(
+    m0, start, end, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr
+):
+    """Key blocks for query block [m0, m0 + BLOCK_M): (n_full unmasked, n_blocks in all)."""
+    empty = (m0 >= end) | (m0 + BLOCK_M <= start)
+    if CAUSAL:
+        hi = tl.minimum(end, m0 + BLOCK_M)
+        full_hi = tl.minimum(end, tl.maximum(m0, start) + 1)
+    else:
+        hi = end
+        full_hi = end
+    n_blocks = tl.cdiv(tl.maximum(hi - start, 0), BLOCK_N)
+    n_blocks = tl.where(empty, 0, n_blocks)
+    n_full = tl.minimum(tl.maximum(full_hi - start, 0) // BLOCK_N, n_blocks)
+    return n_full, n_blocks
+
+
+@triton.autotune(configs=_configs(_FWD, "fwd"), key=_KEY, prune_configs_by=_pruner(_FWD))
+@triton.jit
+def _fwd_kernel(
+    Q, K, V, OUT, LSE, STARTS, ENDS,
+    sqb, sqh, sql, skb, skh, skl, svb, svh, svl, sob, soh, sol,
+    H, L, L_KEY, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, GROUP: tl.constexpr,
+    CAUSAL: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    hk = h // GROUP
+    start = tl.load(STARTS + b)
+    end = tl.load(ENDS + b)
+
+    m0 = pid_m * BLOCK_M
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    q_ok = (offs_m >= start) & (offs_m < end)
+    q = _load_rows(Q + b * sqb + h * sqh + offs_m[:, None] * sql + offs_d[None, :], q_ok, d_mask,
+                   True, EVEN_D)  # fmt: skip
+    k_base = K + b * skb + hk * skh + start * skl
+    v_base = V + b * svb + hk * svh + start * svl
+
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    n_full, n_blocks = _query_loop_bounds(m0, start, end, CAUSAL, BLOCK_M, BLOCK_N)
+    end_rel = end - start
+    offs_m_rel = offs_m - start
+    for i in range(0, n_full):
+        acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, skl, svl, i * BLOCK_N,
+                                  offs_m_rel, offs_d, d_mask, end_rel, qk_scale,
+                                  CAUSAL, False, EVEN_D, BLOCK_N, PRECISION)  # fmt: skip
+    for i in range(n_full, n_blocks):
+        acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, skl, svl, i * BLOCK_N,
+                                  offs_m_rel, offs_d, d_mask, end_rel, qk_scale,
+                                  CAUSAL, True, EVEN_D, BLOCK_N, PRECISION)  # fmt: skip
+
+    l_safe = tl.where(l_i > 0.0, l_i, 1.0)
+    out = tl.where(q_ok[:, None], acc / l_safe[:, None], 0.0)
+    row_in = offs_m < L
+    tl.store(OUT + b * sob + h * soh + offs_m[:, None] * sol + offs_d[None, :],
+             out.to(OUT.dtype.element_ty), mask=row_in[:, None] & d_mask[None, :])  # fmt: skip
+    lse = tl.where(q_ok, m_i + tl.math.log2(l_safe), 0.0)
+    tl.store(LSE + pid_bh.to(tl.int64) * L + offs_m, lse, mask=row_in)
+
+
+@triton.jit
+def _bwd_preprocess(
+    OUT, DO, DELTA, STARTS, ENDS, sob, soh, sol, sdb, sdh, sdl, H, L,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+):  # fmt: skip
+    """delta = rowsum(dO * O) in fp32, 0 on padded rows."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    start = tl.load(STARTS + b)
+    end = tl.load(ENDS + b)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    ok = (offs_m >= start) & (offs_m < end)
+    mask = ok[:, None] & (offs_d[None, :] < HEAD_DIM)
+    o = tl.load(
+        OUT + b * sob + h * soh + offs_m[:, None] * sol + offs_d[None, :], mask=mask, other=0.0
+    )
+    do = tl.load(DO + b * sdb + h * sdh + offs_m[:, None] * sdl + offs_d[None, :], mask=mask,
+                 other=0.0)  # fmt: skip
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + pid_bh.to(tl.int64) * L + offs_m, delta, mask=offs_m < L)
+
+
+@triton.jit
+def _dkdv_step(
+    dk, dv, k, v, q_base, do_base, lse_base, delta_base, sql, sdl, m_start, offs_n, offs_d, d_mask,
+    end, qk_scale,
+    CAUSAL: tl.constexpr, MASKED: tl.constexpr, EVEN_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    # Positions are relative to the row start; offs_n are key positions (may be out of range).
+    offs_m = m_start + tl.arange(0, BLOCK_M)
+    q_ok = offs_m < end
+    qt = _load_cols(q_base + offs_m[None, :] * sql + offs_d[:, None], q_ok, d_mask, MASKED, EVEN_D)
+    do = _load_rows(do_base + offs_m[:, None] * sdl + offs_d[None, :], q_ok, d_mask, MASKED, EVEN_D)
+    if MASKED:
+        lse = tl.load(lse_base + offs_m, mask=q_ok, other=0.0)
+        delta = tl.load(delta_base + offs_m, mask=q_ok, other=0.0)
+    else:
+        lse = tl.load(lse_base + offs_m)
+        delta = tl.load(delta_base + offs_m)
+    st = tl.dot(k, qt, input_precision=PRECISION) * qk_scale
+    pt = tl.math.exp2(st - lse[None, :])
+    if MASKED:
+        keep = q_ok[None, :] & (offs_n[:, None] >= 0) & (offs_n[:, None] < end)
+        if CAUSAL:
+            keep = keep & (offs_m[None, :] >= offs_n[:, None])
+        pt = tl.where(keep, pt, 0.0)
+    dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=PRECISION)
+    dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
+    dst = pt * (dpt - delta[None, :])
+    dk = tl.dot(dst.to(qt.dtype), tl.trans(qt), dk, input_precision=PRECISION)
+    return dk, dv
+
+
+@triton.autotune(configs=_configs(_DKDV, "dkdv"), key=_KEY, prune_configs_by=_pruner(_DKDV))
+@triton.jit
+def _bwd_dkdv_kernel(
+    Q, K, V, DO, LSE, DELTA, DK, DV, STARTS, ENDS,
+    sqb, sqh, sql, skb, skh, skl, svb, svh, svl, sdb, sdh, sdl,
+    sdkb, sdkh, sdkl, sdvb, sdvh, sdvl,
+    H, HKV, L, L_KEY, qk_scale, scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, GROUP: tl.constexpr,
+    CAUSAL: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // HKV).to(tl.int64)
+    hk = pid_bh % HKV
+    start = tl.load(STARTS + b)
+    end = tl.load(ENDS + b)
+
+    n0 = pid_n * BLOCK_N
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    k_ok = (offs_n >= start) & (offs_n < end)
+    k = _load_rows(K + b * skb + hk * skh + offs_n[:, None] * skl + offs_d[None, :], k_ok, d_mask,
+                   True, EVEN_D)  # fmt: skip
+    v = _load_rows(V + b * svb + hk * svh + offs_n[:, None] * svl + offs_d[None, :], k_ok, d_mask,
+                   True, EVEN_D)  # fmt: skip
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+
+    # Query blocks start at q_lo (relative to the row start) and stop at the row end.
+    empty = (n0 >= end) | (n0 + BLOCK_N <= start)
+    end_rel = end - start
+    offs_n_rel = offs_n - start
+    if CAUSAL:
+        q_lo = tl.maximum(n0 - start, 0)
+        n_head = tl.cdiv(tl.maximum(n0 + BLOCK_N - 1 - start - q_lo, 0), BLOCK_M)
+    else:
+        q_lo = n0 * 0
+        n_head = n0 * 0
+    n_blocks = tl.where(empty, 0, tl.cdiv(tl.maximum(end_rel - q_lo, 0), BLOCK_M))
+    keys_full = (n0 >= start) & (n0 + BLOCK_N <= end)
+    n_head = tl.where(keys_full, tl.minimum(n_head, n_blocks), n_blocks)
+    n_mid = tl.maximum(n_head, tl.minimum((end_rel - q_lo) // BLOCK_M, n_blocks))
+
+    for g in range(GROUP):
+        h = hk * GROUP + g
+        bh = b * H + h
+        q_base = Q + b * sqb + h * sqh + start * sql
+        do_base = DO + b * sdb + h * sdh + start * sdl
+        lse_base = LSE + bh * L + start
+        delta_base = DELTA + bh * L + start
+        for i in range(0, n_head):
+            dk, dv = _dkdv_step(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sql, sdl,
+                                q_lo + i * BLOCK_M, offs_n_rel, offs_d, d_mask, end_rel, qk_scale,
+                                CAUSAL, True, EVEN_D, BLOCK_M, PRECISION)  # fmt: skip
+        for i in range(n_head, n_mid):
+            dk, dv = _dkdv_step(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sql, sdl,
+                                q_lo + i * BLOCK_M, offs_n_rel, offs_d, d_mask, end_rel, qk_scale,
+                                CAUSAL, False, EVEN_D, BLOCK_M, PRECISION)  # fmt: skip
+        for i in range(n_mid, n_blocks):
+            dk, dv = _dkdv_step(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sql, sdl,
+                                q_lo + i * BLOCK_M, offs_n_rel, offs_d, d_mask, end_rel, qk_scale,
+                                CAUSAL, True, EVEN_D, BLOCK_M, PRECISION)  # fmt: skip
+
+    mask = (offs_n < L)[:, None] & d_mask[None, :]
+    tl.store(DK + b * sdkb + hk * sdkh + offs_n[:, None] * sdkl + offs_d[None, :],
+             (dk * scale).to(DK.dtype.element_ty), mask=mask)  # fmt: skip
+    tl.store(DV + b * sdvb + hk * sdvh + offs_n[:, None] * sdvl + offs_d[None, :],
+             dv.to(DV.dtype.element_ty), mask=mask)  # fmt: skip
+
+
+@triton.jit
+def _dq_step(
+    dq, q, do, lse, delta, k_base, v_base, skl, svl, n_start, offs_m, offs_d, d_mask, end,
+    qk_scale,
+    CAUSAL: tl.constexpr, MASKED: tl.constexpr, EVEN_D: tl.constexpr,
+    BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    offs_n = n_start + tl.arange(0, BLOCK_N)
+    key_ok = offs_n < end
+    kt = _load_cols(
+        k_base + offs_n[None, :] * skl + offs_d[:, None], key_ok, d_mask, MASKED, EVEN_D
+    )
+    vt = _load_cols(
+        v_base + offs_n[None, :] * svl + offs_d[:, None], key_ok, d_mask, MASKED, EVEN_D
+    )
+    s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
+    p = tl.math.exp2(s - lse[:, None])
+    if MASKED:
+        keep = key_ok[None, :]
+        if CAUSAL:
+            keep = keep & (offs_n[None, :] <= offs_m[:, None])
+        p = tl.where(keep, p, 0.0)
+    dp = tl.dot(do, vt, input_precision=PRECISION)
+    ds = p * (dp - delta[:, None])
+    dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq, input_precision=PRECISION)
+    return dq
+
+
+@triton.autotune(configs=_configs(_DQ, "dq"), key=_KEY, prune_configs_by=_pruner(_DQ))
+@triton.jit
+def _bwd_dq_kernel(
+    Q, K, V, DO, LSE, DELTA, DQ, STARTS, ENDS,
+    sqb, sqh, sql, skb, skh, skl, svb, svh, svl, sdb, sdh, sdl, sdqb, sdqh, sdql,
+    H, L, L_KEY, qk_scale, scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, GROUP: tl.constexpr,
+    CAUSAL: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    hk = h // GROUP
+    start = tl.load(STARTS + b)
+    end = tl.load(ENDS + b)
+
+    m0 = pid_m * BLOCK_M
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    q_ok = (offs_m >= start) & (offs_m < end)
+    q = _load_rows(Q + b * sqb + h * sqh + offs_m[:, None] * sql + offs_d[None, :], q_ok, d_mask,
+                   True, EVEN_D)  # fmt: skip
+    do = _load_rows(DO + b * sdb + h * sdh + offs_m[:, None] * sdl + offs_d[None, :], q_ok, d_mask,
+                    True, EVEN_D)  # fmt: skip
+    row = pid_bh.to(tl.int64) * L + offs_m
+    lse = tl.load(LSE + row, mask=q_ok, other=0.0)
+    delta = tl.load(DELTA + row, mask=q_ok, other=0.0)
+    k_base = K + b * skb + hk * skh + start * skl
+    v_base = V + b * svb + hk * svh + start * svl
+
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    n_full, n_blocks = _query_loop_bounds(m0, start, end, CAUSAL, BLOCK_M, BLOCK_N)
+    end_rel = end - start
+    offs_m_rel = offs_m - start
+    for i in range(0, n_full):
+        dq = _dq_step(dq, q, do, lse, delta, k_base, v_base, skl, svl, i * BLOCK_N, offs_m_rel,
+                      offs_d, d_mask, end_rel, qk_scale, CAUSAL, False, EVEN_D, BLOCK_N,
+                      PRECISION)  # fmt: skip
+    for i in range(n_full, n_blocks):
+        dq = _dq_step(dq, q, do, lse, delta, k_base, v_base, skl, svl, i * BLOCK_N, offs_m_rel,
+                      offs_d, d_mask, end_rel, qk_scale, CAUSAL, True, EVEN_D, BLOCK_N,
+                      PRECISION)  # fmt: skip
+
+    dq = tl.where(q_ok[:, None], dq * scale, 0.0)
+    tl.store(DQ + b * sdqb + h * sdqh + offs_m[:, None] * sdql + offs_d[None, :],
+             dq.to(DQ.dtype.element_ty), mask=(offs_m < L)[:, None] & d_mask[None, :])  # fmt: skip
+
+
+def _precision(dtype: torch.dtype) -> str:
+    # fp32: three TF32 tensor-core products per dot (about fp32 accuracy); fp16/bf16: one.
+    return "tf32x3" if dtype == torch.float32 else "tf32"
+
+
+def _l_key(seq_len: int) -> int:
+    # Autotuning keys on the sequence length bucketed to a power of two (fewer re-tunes).
+    return triton.next_power_of_2(max(seq_len, 16))
+
+
+def _common(q: torch.Tensor, k: torch.Tensor) -> dict:
+    dim = q.shape[-1]
+    block_d = max(16, triton.next_power_of_2(dim))
+    return {
+        "HEAD_DIM": dim,
+        "BLOCK_D": block_d,
+        "EVEN_D": dim == block_d,
+        "GROUP": q.shape[1] // k.shape[1],
+        "PRECISION": _precision(q.dtype),
+    }
+
+
+def attention_forward(q, k, v, starts, ends, causal: bool, scale: float):
+    """Returns (out like q, logsumexp [B, Hq, L] fp32 in base 2)."""
+    batch, heads, seq_len, _ = q.shape
+    out = torch.empty_like(q)
+    lse = torch.empty((batch, heads, seq_len), device=q.device, dtype=torch.float32)
+
+    def grid(meta):
+        return (triton.cdiv(seq_len, meta["BLOCK_M"]), batch * heads)
+
+    _fwd_kernel[grid](
+        q, k, v, out, lse, starts, ends,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
+        heads, seq_len, _l_key(seq_len), scale * LOG2E,
+        CAUSAL=causal, **_common(q, k),
+    )  # fmt: skip
+    return out, lse
+
+
+def attention_backward(do, q, k, v, out, lse, starts, ends, causal: bool, scale: float):
+    """Returns (dq, dk, dv) shaped and strided like q, k, v."""
+    batch, heads, seq_len, dim = q.shape
+    kv_heads = k.shape[1]
+    common = _common(q, k)
+    delta = torch.empty_like(lse)
+    pre_block = 64 if dim <= 64 else 32
+    _bwd_preprocess[(triton.cdiv(seq_len, pre_block), batch * heads)](
+        out, do, delta, starts, ends, *out.stride()[:3], *do.stride()[:3], heads, seq_len,
+        HEAD_DIM=dim, BLOCK_D=common["BLOCK_D"], BLOCK_M=pre_block,
+    )  # fmt: skip
+
+    dq = torch.empty_like(q)
+    dk = torch.empty_like(k)
+    dv = torch.empty_like(v)
+    qk_scale = scale * LOG2E
+
+    def grid_kv(meta):
+        return (triton.cdiv(seq_len, meta["BLOCK_N"]), batch * kv_heads)
+
+    _bwd_dkdv_kernel[grid_kv](
+        q, k, v, do, lse, delta, dk, dv, starts, ends,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
+        *dk.stride()[:3], *dv.stride()[:3],
+        heads, kv_heads, seq_len, _l_key(seq_len), qk_scale, scale,
+        CAUSAL=causal, **common,
+    )  # fmt: skip
+
+    def grid_q(meta):
+        return (triton.cdiv(seq_len, meta["BLOCK_M"]), batch * heads)
+
+    _bwd_dq_kernel[grid_q](
+        q, k, v, do, lse, delta, dq, starts, ends,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
+        heads, seq_len, _l_key(seq_len), qk_scale, scale,
+        CAUSAL=causal, **common,
+    )  # fmt: skip
+    return dq, dk, dv
+
+
+__all__ = ["INTERPRET", "attention_backward", "attention_forward"]

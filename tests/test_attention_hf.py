@@ -1,0 +1,142 @@
+"""The "coea_triton" transformers attention implementation against "eager"."""
+
+import copy
+
+import pytest
+import torch
+
+import kernels.hf as hf
+from kernels import triton_attention as ta
+
+transformers = pytest.importorskip("transformers")
+from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config  # noqa: E402
+from transformers.masking_utils import sdpa_mask  # noqa: E402
+
+ATOL = 1e-4  # fp32 logits
+SEQ_LEN = 13
+LENGTHS = [13, 6, 1]
+
+
+def _backend() -> str:
+    return "triton" if torch.cuda.is_available() or ta.INTERPRET else "torch"
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _qwen2_config(**extra):
+    return Qwen2Config(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=128, initializer_range=0.2, **extra,
+    )  # fmt: skip
+
+
+def _pair(config, backend=None):
+    """The same random weights under "eager" and under "coea_triton"."""
+    torch.manual_seed(0)
+    # Each model gets its own config: the attention implementation is stored on it.
+    eager = AutoModelForCausalLM.from_config(copy.deepcopy(config), attn_implementation="eager")
+    ours = AutoModelForCausalLM.from_config(copy.deepcopy(config), attn_implementation=hf.NAME)
+    assert eager.config._attn_implementation == "eager"
+    ours.load_state_dict(eager.state_dict())
+    ours.config.coea_attention_backend = backend or _backend()
+    return eager.to(_device()).eval(), ours.to(_device()).eval()
+
+
+def _batch(padding, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 128, (len(LENGTHS), SEQ_LEN), generator=gen)
+    pos = torch.arange(SEQ_LEN)
+    n = torch.tensor(LENGTHS)[:, None]
+    mask = pos[None] < n if padding == "right" else pos[None] >= SEQ_LEN - n
+    return ids.to(_device()), mask.long().to(_device())
+
+
+def _count_kernel_calls(monkeypatch):
+    calls = []
+    original = hf.attention
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("padding"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(hf, "attention", spy)
+    return calls
+
+
+@pytest.mark.parametrize("padding", ["left", "right"])
+def test_qwen2_logits_match_eager(padding, monkeypatch):
+    eager, ours = _pair(_qwen2_config())
+    ids, mask = _batch(padding)
+    calls = _count_kernel_calls(monkeypatch)
+    with torch.no_grad():
+        want = eager(input_ids=ids, attention_mask=mask).logits
+        got = ours(input_ids=ids, attention_mask=mask).logits
+    assert calls == [padding, padding]  # both layers ran the kernel with lengths
+    valid = mask.bool()
+    assert want.abs().max() > 0.1
+    assert (got - want)[valid].abs().max() < ATOL
+
+
+def test_qwen2_greedy_generate_matches_eager(monkeypatch):
+    eager, ours = _pair(_qwen2_config())
+    ids, mask = _batch("left", seed=2)
+    calls = _count_kernel_calls(monkeypatch)
+    kwargs = {"max_new_tokens": 4, "do_sample": False, "pad_token_id": 0}
+    want = eager.generate(input_ids=ids, attention_mask=mask, **kwargs)
+    got = ours.generate(input_ids=ids, attention_mask=mask, **kwargs)
+    assert got.shape == (len(LENGTHS), SEQ_LEN + 4)
+    assert torch.equal(got, want)
+    assert calls.count("left") == 2  # the prefill; decoding steps take the reference path
+
+
+def test_llama_and_torch_backend_match_eager():
+    config = LlamaConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=1, vocab_size=128, initializer_range=0.2,
+    )  # fmt: skip
+    for backend in (_backend(), "torch"):
+        eager, ours = _pair(config, backend)
+        ids, mask = _batch("right")
+        with torch.no_grad():
+            want = eager(input_ids=ids, attention_mask=mask).logits
+            got = ours(input_ids=ids, attention_mask=mask).logits
+        assert (got - want)[mask.bool()].abs().max() < ATOL
+
+
+def test_sliding_window_falls_back_to_reference(monkeypatch):
+    config = _qwen2_config(use_sliding_window=True, sliding_window=4, max_window_layers=0)
+    eager, ours = _pair(config)
+    ids, mask = _batch("right")
+    calls = _count_kernel_calls(monkeypatch)
+    with torch.no_grad():
+        want = eager(input_ids=ids, attention_mask=mask).logits
+        got = ours(input_ids=ids, attention_mask=mask).logits
+    assert calls == []  # a sliding-window mask is not causal + padding
+    assert (got - want)[mask.bool()].abs().max() < ATOL
+
+
+def test_padding_from_mask():
+    pos = torch.arange(6)
+    n = torch.tensor([6, 3, 0])
+    for padding, keys in (("right", pos[None] < n[:, None]), ("left", pos[None] >= 6 - n[:, None])):
+        mask = sdpa_mask(3, 6, 6, attention_mask=keys, allow_is_causal_skip=False)
+        lengths, found = hf.padding_from_mask(mask, causal=True)
+        assert found == padding and lengths.tolist() == [6, 3, 0]
+        assert hf.padding_from_mask(mask, causal=False) is None
+        full = keys[:, None, None, :].expand(3, 1, 6, 6)
+        assert hf.padding_from_mask(full, causal=False)[1] == padding
+    gaps = torch.tensor([[True, False, True, True, True, True]])
+    mask = sdpa_mask(1, 6, 6, attention_mask=gaps, allow_is_causal_skip=False)
+    assert hf.padding_from_mask(mask, causal=True) is None
+    assert hf.padding_from_mask(mask.float(), causal=True) is None
+
+
+def test_register_is_idempotent():
+    from transformers import AttentionInterface, AttentionMaskInterface
+
+    hf.register()
+    hf.register()
+    assert AttentionInterface._global_mapping[hf.NAME] is hf.coea_attention_forward
+    assert AttentionMaskInterface._global_mapping[hf.NAME] is sdpa_mask
