@@ -124,8 +124,8 @@ def context_of(
     """
     clusters = world.item_cluster[history] if len(history) else np.zeros(0, dtype=np.int64)
     familiar = _distinct_last(clusters)
-    window = clusters[-short_window:] if not use_dsie else clusters
-    shown_recent = _distinct_last(window)[-recent:]
+    window = clusters[max(0, len(clusters) - short_window) :] if not use_dsie else clusters
+    shown_recent = _tail(_distinct_last(window), recent)
     persona = ""
     if use_dsie:
         g = world.group_of.get(int(user))
@@ -144,6 +144,10 @@ def banned(world: World, history: np.ndarray) -> set[Cluster]:
     if not len(history):
         return set()
     return {(int(c),) for c in np.unique(world.item_cluster[history])}
+
+
+def _tail(values: list, n: int) -> list:
+    return values[max(0, len(values) - n) :] if n > 0 else []
 
 
 def _distinct_last(clusters: np.ndarray) -> list[int]:

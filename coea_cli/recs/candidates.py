@@ -27,7 +27,8 @@ class Candidate:
 
 
 def key_of(group: int, recent: list[int], key_recent: int) -> Key:
-    return (int(group), tuple(int(c) for c in recent[-key_recent:]))
+    kept = recent[max(0, len(recent) - key_recent) :] if key_recent > 0 else []
+    return (int(group), tuple(int(c) for c in kept))
 
 
 def key_context(world: World, key: Key, use_dsie: bool) -> Context:

@@ -1,0 +1,310 @@
+"""Unit tests of the serving lists and serving keys: `recs/lists.py` and the pure helpers of
+`recs/candidates.py`. No model is loaded; references are hand-computed or naive."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from coea_cli.pco.context import World
+from coea_cli.recs.candidates import Candidate, key_context, key_of, key_seed
+from coea_cli.recs.lists import RECORD, SOURCES, ListOptions, clusters_to_items, user_list
+
+
+def cands(*clusters: int) -> list[Candidate]:
+    return [Candidate((c,), 1.0 - 0.1 * j, 0.5) for j, c in enumerate(clusters)]
+
+
+def rows(out: np.ndarray) -> list[tuple[int, int, int]]:
+    return [(int(r["item"]), int(r["cluster"]), int(r["source"])) for r in out]
+
+
+# ---------------------------------------------------------------- clusters_to_items
+
+
+def test_clusters_to_items_hand():
+    parts = clusters_to_items(np.array([2, 0, 2, 1, 0, 2]))
+    assert sorted(parts) == [0, 1, 2]
+    assert parts[0].tolist() == [1, 4]
+    assert parts[1].tolist() == [3]
+    assert parts[2].tolist() == [0, 2, 5]
+    assert clusters_to_items(np.zeros(0, dtype=np.int64)) == {}
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 7), max_size=40))
+def test_clusters_to_items_partitions(ic):
+    item_cluster = np.array(ic, dtype=np.int64)
+    parts = clusters_to_items(item_cluster)
+    assert set(parts) == set(ic)
+    assert all(type(c) is int for c in parts)
+    allitems = np.concatenate([*parts.values(), np.zeros(0, np.int64)])
+    assert sorted(allitems.tolist()) == list(range(len(ic)))  # disjoint and covering
+    for c, items in parts.items():
+        assert items.tolist() == [i for i, x in enumerate(ic) if x == c]  # ascending
+
+
+# ---------------------------------------------------------------- user_list, by hand
+
+#            item:  0    1    2    3    4    5    6    7    8    9
+ITEM_CLUSTER = np.array([0, 0, 0, 1, 1, 1, 2, 2, 3, 3])
+SCORES = np.array([0.9, 0.8, 0.1, 0.7, 0.6, 0.5, 0.95, 0.2, 0.3, 0.4], dtype=np.float32)
+PARTS = clusters_to_items(ITEM_CLUSTER)
+
+
+def test_user_list_hand_explore_all():
+    # familiar {0}; candidates 0 (familiar, dropped), 2, 1, 3 -> top_m=2 keeps 2 and 1
+    out = user_list(
+        SCORES,
+        np.array([6]),
+        {0},
+        cands(0, 2, 1, 3),
+        PARTS,
+        ITEM_CLUSTER,
+        ListOptions(k=4, top_m=2, explore_ratio=1.0),
+    )
+    assert out.dtype == RECORD
+    # pool = items of clusters 2 and 1 minus seen 6 = {7, 3, 4, 5}, by score 3 4 5 7
+    assert rows(out) == [(3, 1, 0), (4, 1, 0), (5, 1, 0), (7, 2, 0)]
+    np.testing.assert_allclose(out["score"], SCORES[[3, 4, 5, 7]])
+
+
+def test_user_list_hand_pool_too_small_then_dsie_fills():
+    out = user_list(
+        SCORES,
+        np.array([6, 0]),
+        {0},
+        cands(2),
+        PARTS,
+        ITEM_CLUSTER,
+        ListOptions(k=4, top_m=3, explore_ratio=1.0),
+    )
+    # pool of cluster 2 unseen = {7}; then DSIE's best unseen: 1 (0.8), 3 (0.7), 4 (0.6)
+    assert rows(out) == [(7, 2, 0), (1, 0, 1), (3, 1, 1), (4, 1, 1)]
+    assert [SOURCES[s] for s in out["source"]] == ["coea", "dsie", "dsie", "dsie"]
+
+
+def test_user_list_hand_explore_ratio_split():
+    opt = ListOptions(k=4, top_m=1, explore_ratio=0.5)  # 2 explore slots
+    out = user_list(SCORES, np.array([], dtype=np.int64), {0, 2}, cands(3, 1), PARTS,
+                    ITEM_CLUSTER, opt)  # fmt: skip
+    # explore: cluster 3 -> items 9 (0.4), 8 (0.3); then DSIE: 6 (0.95), 0 (0.9)
+    assert rows(out) == [(9, 3, 0), (8, 3, 0), (6, 2, 1), (0, 0, 1)]
+
+
+def test_user_list_hand_degenerate():
+    opt = ListOptions(k=3, top_m=2, explore_ratio=1.0)
+    # every candidate familiar -> pure DSIE
+    out = user_list(SCORES, np.array([6]), {1, 2}, cands(1, 2), PARTS, ITEM_CLUSTER, opt)
+    assert rows(out) == [(0, 0, 1), (1, 0, 1), (3, 1, 1)]
+    # no candidates at all -> pure DSIE
+    out2 = user_list(SCORES, np.array([6]), set(), [], PARTS, ITEM_CLUSTER, opt)
+    assert rows(out2) == rows(out)
+    # everything seen -> empty list
+    out = user_list(SCORES, np.arange(10), set(), cands(1), PARTS, ITEM_CLUSTER, opt)
+    assert len(out) == 0 and out.dtype == RECORD
+    # k = 0 -> empty list
+    out = user_list(SCORES, np.array([], dtype=np.int64), set(), cands(1), PARTS, ITEM_CLUSTER,
+                    ListOptions(k=0))  # fmt: skip
+    assert len(out) == 0
+    # a candidate cluster with no items contributes nothing
+    out = user_list(SCORES, np.array([], dtype=np.int64), set(), cands(9, 3), PARTS,
+                    ITEM_CLUSTER, ListOptions(k=2, top_m=1))  # fmt: skip
+    assert rows(out) == [(6, 2, 1), (0, 0, 1)]
+
+
+def test_user_list_does_not_modify_inputs():
+    scores = SCORES.copy()
+    seen = np.array([6, 1])
+    user_list(scores, seen, {0}, cands(2, 1), PARTS, ITEM_CLUSTER, ListOptions(k=5))
+    np.testing.assert_array_equal(scores, SCORES)
+    assert seen.tolist() == [6, 1]
+
+
+# ---------------------------------------------------------------- user_list, properties
+
+
+@st.composite
+def list_cases(draw):
+    n_items = draw(st.integers(1, 40))
+    n_clusters = draw(st.integers(1, 6))
+    item_cluster = np.array(
+        draw(st.lists(st.integers(0, n_clusters - 1), min_size=n_items, max_size=n_items))
+    )
+    # a few levels only, so ties are common
+    scores = np.array(
+        draw(
+            st.lists(
+                st.sampled_from([-2.0, -0.5, 0.0, 0.25, 1.0, 3.5]),
+                min_size=n_items,
+                max_size=n_items,
+            )
+        ),
+        dtype=np.float32,
+    )
+    seen = np.array(
+        draw(st.lists(st.integers(0, n_items - 1), max_size=n_items)), dtype=np.int64
+    )  # may repeat
+    familiar = draw(st.sets(st.integers(0, n_clusters + 1)))
+    # distinct candidate clusters, as key_candidates produces them; some may hold no items
+    cand = draw(st.lists(st.integers(0, n_clusters + 1), unique=True, max_size=n_clusters + 2))
+    opt = ListOptions(
+        k=draw(st.integers(0, 15)),
+        top_m=draw(st.integers(0, 4)),
+        explore_ratio=draw(st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.75, 1.0])),
+    )
+    return scores, seen, familiar, cands(*cand), item_cluster, opt
+
+
+@settings(max_examples=150, deadline=None)
+@given(list_cases())
+def test_user_list_properties(case):
+    scores, seen, familiar, candidates, item_cluster, opt = case
+    out = user_list(
+        scores, seen, familiar, candidates, clusters_to_items(item_cluster), item_cluster, opt
+    )
+    items = out["item"].tolist()
+    src = out["source"].tolist()
+    seen_set = set(seen.tolist())
+    unseen = [i for i in range(len(scores)) if i not in seen_set]
+
+    assert out.dtype == RECORD
+    assert len(items) <= opt.k
+    assert len(items) == min(opt.k, len(unseen))  # filled whenever unseen items remain
+    assert not set(items) & seen_set
+    assert len(set(items)) == len(items)
+    assert out["cluster"].tolist() == item_cluster[items].tolist()
+    np.testing.assert_array_equal(out["score"], scores[items])
+
+    # coea rows first, and only from the top_m candidate clusters not already familiar
+    n_coea = src.count(0)
+    assert src == [0] * n_coea + [1] * (len(src) - n_coea)
+    novel = [c.cluster[0] for c in candidates if c.cluster[0] not in familiar][: opt.top_m]
+    assert set(out["cluster"][:n_coea].tolist()) <= set(novel)
+    assert n_coea <= round(opt.k * opt.explore_ratio)
+    pool = [i for i in unseen if item_cluster[i] in novel]
+    assert n_coea == min(round(opt.k * opt.explore_ratio), len(pool))
+
+    # coea rows are the pool's best, best first
+    coea_scores = scores[items[:n_coea]].tolist()
+    assert coea_scores == sorted(scores[pool].tolist(), reverse=True)[:n_coea]
+    # dsie rows are the best of what is left, best first
+    rest = [i for i in unseen if i not in set(items[:n_coea])]
+    dsie_scores = scores[items[n_coea:]].tolist()
+    assert dsie_scores == sorted(scores[rest].tolist(), reverse=True)[: len(dsie_scores)]
+
+
+@settings(max_examples=80, deadline=None)
+@given(list_cases())
+def test_user_list_without_exploration_is_dsie_ranking(case):
+    scores, seen, familiar, candidates, item_cluster, opt = case
+    opt = ListOptions(k=opt.k, top_m=opt.top_m, explore_ratio=0.0)
+    out = user_list(
+        scores, seen, familiar, candidates, clusters_to_items(item_cluster), item_cluster, opt
+    )
+    seen_set = set(seen.tolist())
+    # naive: unseen items by score, ties by item id (a stable sort)
+    expected = sorted(
+        (i for i in range(len(scores)) if i not in seen_set), key=lambda i: (-scores[i], i)
+    )[: opt.k]
+    assert out["item"].tolist() == expected
+    assert set(out["source"].tolist()) <= {1}
+
+
+def test_user_list_with_fresh_random_inputs():
+    """Larger random catalogue: the explore part is exactly the pool's top n by score."""
+    gen = np.random.default_rng(20240607)
+    for _ in range(20):
+        n = int(gen.integers(50, 300))
+        ic = gen.integers(0, 12, n)
+        scores = gen.normal(size=n).astype(np.float32)
+        seen = gen.choice(n, size=int(gen.integers(0, n // 2)), replace=False)
+        familiar = set(gen.choice(12, size=4, replace=False).tolist())
+        cand_cl = gen.permutation(12)[: int(gen.integers(0, 8))].tolist()
+        opt = ListOptions(
+            k=int(gen.integers(1, 40)),
+            top_m=int(gen.integers(1, 4)),
+            explore_ratio=float(gen.uniform()),
+        )
+        out = user_list(scores, seen, familiar, cands(*cand_cl), clusters_to_items(ic), ic, opt)
+        novel = [c for c in cand_cl if c not in familiar][: opt.top_m]
+        unseen = np.setdiff1d(np.arange(n), seen)
+        pool = unseen[np.isin(ic[unseen], novel)]
+        n_exp = min(round(opt.k * opt.explore_ratio), len(pool))
+        exp_coea = pool[np.argsort(-scores[pool], kind="stable")][:n_exp]
+        left = np.setdiff1d(unseen, exp_coea)
+        exp_dsie = left[np.argsort(-scores[left], kind="stable")][: opt.k - n_exp]
+        assert out["item"].tolist() == exp_coea.tolist() + exp_dsie.tolist()
+        assert out["source"].tolist() == [0] * n_exp + [1] * len(exp_dsie)
+
+
+# ---------------------------------------------------------------- serving keys
+
+
+def test_key_of():
+    assert key_of(3, [5, 1, 4, 2], 3) == (3, (1, 4, 2))
+    assert key_of(3, [5, 1], 3) == (3, (5, 1))
+    assert key_of(-1, [], 3) == (-1, ())
+    k = key_of(np.int64(2), [np.int64(7), np.int32(8)], 2)
+    assert k == (2, (7, 8))
+    assert type(k[0]) is int and all(type(c) is int for c in k[1])
+    hash(k)  # usable as a dict key
+
+
+def test_key_of_zero_recent_is_group_only():
+    assert key_of(3, [5, 1, 4], 0) == (3, ())
+
+
+def test_key_seed_deterministic_and_distinct():
+    keys = [(g, tuple(r)) for g in range(4) for r in ([], [1], [1, 2], [2, 1], [1, 2, 3])]
+    seeds = [key_seed(k, 0) for k in keys]
+    assert seeds == [key_seed(k, 0) for k in keys]  # deterministic
+    assert len(set(seeds)) == len(keys)  # distinct keys, distinct seeds
+    assert all(0 <= s < 2**64 for s in seeds)
+    assert key_seed((1, (2,)), 0) != key_seed((1, (2,)), 1)  # the global seed matters
+    # usable by numpy
+    np.random.default_rng(seeds[0])
+    # stable across processes and versions: a pinned value from the documented recipe
+    expected = int.from_bytes(hashlib.sha256(b"7:(1, (2, 3))").digest()[:8], "little")
+    assert key_seed((1, (2, 3)), 7) == expected
+
+
+def test_key_seed_through_key_of_ignores_integer_types():
+    """Keys built from numpy integers seed exactly like plain ints (sharding stability)."""
+    a = key_of(np.int64(4), np.array([3, 9, 1]).tolist(), 2)
+    b = key_of(4, [np.int64(3), np.int64(9), np.int64(1)], 2)
+    assert key_seed(a, 5) == key_seed(b, 5) == key_seed((4, (9, 1)), 5)
+
+
+def _world() -> World:
+    return World(
+        users=np.zeros(0, np.int64),
+        items=np.zeros(0, np.int64),
+        periods=np.zeros(0, np.int64),
+        item_cluster=np.array([0, 1, 2]),
+        n_clusters=3,
+        describe={},
+        group_of={},
+        persona={0: "night owls", 2: "critics"},
+        test_period=1,
+        n_users=0,
+        n_items=3,
+    )
+
+
+def test_key_context():
+    w = _world()
+    ctx = key_context(w, (2, (1, 0)), use_dsie=True)
+    assert ctx.user == -1
+    assert ctx.persona == "critics"
+    assert ctx.recent == [(1,), (0,)]
+    assert ctx.familiar == [(1,), (0,)]
+    ctx = key_context(w, (2, (1, 0)), use_dsie=False)
+    assert ctx.persona == ""
+    assert ctx.recent == [(1,), (0,)] and ctx.familiar == [(1,), (0,)]
+    # unknown group (e.g. -1 for ungrouped users): no persona
+    assert key_context(w, (-1, (2,)), use_dsie=True).persona == ""
+    assert key_context(w, (0, ()), use_dsie=True).recent == []
