@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -16,6 +17,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+LOG_EVERY = 30.0  # seconds between progress lines when stderr is not a terminal
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -48,13 +51,23 @@ def progress(description: str, total: int | None, unit: str = ""):
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
     ]
-    bar = Progress(*columns, console=err, transient=False, disable=not err.is_terminal)
+    interactive = err.is_terminal
+    bar = Progress(*columns, console=err, transient=False, disable=not interactive)
+    state = {"done": 0, "logged": time.monotonic()}
     with bar:
         task = bar.add_task(description, total=total, info="")
 
         def advance(n: int = 1, **fields) -> None:
             info = "  ".join(f"{k}={_fmt(v)}" for k, v in fields.items())
             bar.update(task, advance=n, info=info)
+            state["done"] += n
+            now = time.monotonic()
+            if not interactive and (now - state["logged"] >= LOG_EVERY or state["done"] == total):
+                state["logged"] = now  # logs and cron: a plain line now and then
+                of = f"/{total}" if total else ""
+                err.print(
+                    f"{description}: {state['done']}{of} {unit} {info}".rstrip(), markup=False
+                )
 
         yield advance
 
