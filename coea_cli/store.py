@@ -185,7 +185,9 @@ def write_tensors(path: Path, tensors: dict, metadata: dict | None = None) -> No
     from safetensors.numpy import save_file
 
     arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-    meta = {k: json.dumps(v, default=_json_default) for k, v in (metadata or {}).items()}
+    # One sorted JSON entry: safetensors does not keep metadata key order, and identical
+    # content must give identical bytes (hashes drive the up-to-date checks).
+    meta = {"coea": json.dumps(metadata or {}, default=_json_default, sort_keys=True)}
     with atomic_file(path) as tmp:
         save_file(arrays, str(tmp), metadata=meta)
 
@@ -199,7 +201,10 @@ def read_tensors(path: Path, command: str | None = None) -> tuple[dict, dict]:
         raise MissingArtifact(path, command or "prepare")
     with safe_open(str(path), framework="numpy") as f:
         arrays = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-        meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+        raw = f.metadata() or {}
+        meta = (
+            json.loads(raw["coea"]) if "coea" in raw else {k: json.loads(v) for k, v in raw.items()}
+        )
     return arrays, meta
 
 
