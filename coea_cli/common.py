@@ -80,6 +80,7 @@ def run(command: str, params: dict, impl: Callable[[Ctx], dict]) -> None:
         options={k: v for k, v in params.items() if k not in NOT_RECORDED},
         json=bool(as_json),
     )
+    cpu_threads()
     seed_everything(ctx.seed)
     console.quiet_libraries()
     try:
@@ -100,6 +101,18 @@ def run(command: str, params: dict, impl: Callable[[Ctx], dict]) -> None:
     if result is not None:
         console.emit(result, as_json)
     sys.stdout.flush()
+
+
+def cpu_threads() -> None:
+    """CPU threads for torch and BLAS: $COEA_CPU_THREADS, default 1.
+
+    The toolkit's CPU models are small; a second intra-op thread rarely helps them and costs
+    several times the work when the other core is busy. Set before torch is imported.
+    """
+    n = os.environ.get("COEA_CPU_THREADS", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(int(n))
 
 
 def seed_everything(seed: int) -> None:
