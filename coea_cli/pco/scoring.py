@@ -11,19 +11,31 @@ from coea_cli.pco.context import Cluster, Context, World
 
 
 class Prompter:
-    """Renders Novelty and Relevance prompts with the workspace's cluster descriptions."""
+    """Renders Novelty and Relevance prompts with the workspace's cluster descriptions.
+
+    Prompts are kept near 130 tokens (persona and descriptions truncated): on CPU the cost of
+    every round is proportional to prompt length.
+    """
 
     def __init__(self, world: World, template_dir=None):
-        from coea_cli.llm.prompts import load_templates
+        from coea_cli.llm.prompts import PromptLimits, load_templates
 
         self.world = world
         self.templates = load_templates(template_dir)
+        self.limits = PromptLimits(
+            max_recent=4, max_familiar=16, max_desc_chars=40, max_persona_chars=120
+        )
 
     def novelty(self, ctx: Context) -> str:
         from coea_cli.llm.prompts import novelty_prompt
 
         return novelty_prompt(
-            ctx.persona, ctx.recent, ctx.familiar, self.world.describe, templates=self.templates
+            ctx.persona,
+            ctx.recent,
+            ctx.familiar,
+            self.world.describe,
+            templates=self.templates,
+            limits=self.limits,
         )
 
     def relevance(self, ctx: Context, cluster: Cluster) -> str:
@@ -36,6 +48,7 @@ class Prompter:
             cluster,
             self.world.describe,
             templates=self.templates,
+            limits=self.limits,
         )
 
 
