@@ -28,7 +28,8 @@ def round_curves(work: Path) -> dict:
                 {
                     "round": m["round"],
                     "accepted": m.get("accepted", True),
-                    "quality": t.get("test_novelty_hr@5"),
+                    "quality": t.get("test_first_novel_hr@5"),
+                    "quality_any": t.get("test_novelty_hr@5"),
                     "novelty": t.get("test_cluster_self_info"),
                     "coverage": t.get("test_cluster_coverage"),
                 }
@@ -56,8 +57,8 @@ def rounds_png(curves: dict, path: Path) -> None:
         for ax, key in zip(axes, ("quality", "novelty"), strict=True):
             y = [r[key] if r[key] is not None else float("nan") for r in rows]
             ax.plot(x, y, marker="o", label=labels.get(name, name))
-    axes[0].set_title("Quality: HR@5 of next novel cluster (test period)")
-    axes[1].set_title("Novelty: self-information of proposed clusters")
+    axes[0].set_title("Quality: HR@5 of the first new cluster (test)", fontsize=10)
+    axes[1].set_title("Novelty: self-information of proposed clusters", fontsize=10)
     for ax in axes:
         ax.set_xlabel("fine-tuning round")
         ax.grid(alpha=0.3)

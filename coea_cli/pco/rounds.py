@@ -457,12 +457,19 @@ def _dpo_pairs(rows, pos, neg, prompts):
 
 def report_on_test_period(world: World, model, tok, prompter, k: int = 5) -> dict:
     """Evaluation only (never used to accept a round): the Novelty LLM's top-k novel clusters
-    for users of the test period, with context as of its start."""
+    for users of the test period, with context as of its start. `first` counts a hit only on
+    the first new cluster each user engages in the period; `any` on any of them."""
     users = [u for u in period_users(world, world.test_period) if u.novel]
+    during = world.sequences(world.test_period, only_period=world.test_period)
+    first = []
+    for u in users:
+        clusters = world.item_cluster[during[u.context.user]]
+        first.append({next((int(c),) for c in clusters if (int(c),) not in u.banned)})
     prompts = [prompter.novelty(u.context) for u in users]
     top = scoring.top_clusters(model, tok, prompts, [u.banned for u in users], world.clusters(), k)
     pop = cluster_popularity(world, world.test_period)
     return {
+        f"test_first_novel_hr@{k}": scoring.hit_rate(top, first),
         f"test_novelty_hr@{k}": scoring.hit_rate(top, [u.novel for u in users]),
         **{
             f"test_cluster_{a}": b
