@@ -725,3 +725,12 @@ def test_auc_matches_sklearn(pairs, seed):
     assert auc(labels.astype(bool), scores) == pytest.approx(auc(labels, scores))
     # flipping the scores flips the AUC
     assert auc(labels, -scores) == pytest.approx(1 - auc(labels, scores), abs=1e-12)
+
+
+def test_precision_of_proposals():
+    from coea_cli.pco.scoring import precision
+
+    props = [[(1,), (2,), (3,)], [(4,), (5,), (6,)], [(7,)]]
+    truth = [{(1,), (3,)}, {(9,)}, set()]
+    assert precision(props, truth, 3) == pytest.approx((2 / 3 + 0) / 2)
+    assert np.isnan(precision(props[2:], truth[2:], 3))

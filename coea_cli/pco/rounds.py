@@ -365,12 +365,13 @@ def round_k(
         quality[name] = {
             f"novelty_hr@{opt.top_m}": scoring.hit_rate([r[: opt.top_m] for r in cands], truth),
             f"coea_hr@{opt.top_m}": scoring.hit_rate(best, truth),
+            f"coea_precision@{opt.top_m}": scoring.precision(best, truth, opt.top_m),
             **{
                 f"cluster_{a}": b
                 for a, b in scoring.cluster_novelty(best, pop, world.n_users).items()
             },
         }
-    key = f"coea_hr@{opt.top_m}"
+    key = f"coea_precision@{opt.top_m}"  # hit rates saturate: users try many new clusters
     accepted = True
     if opt.reeval and len(held):
         accepted = not (quality["new"][key] < quality["previous"][key] - opt.epsilon)

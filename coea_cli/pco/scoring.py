@@ -92,6 +92,14 @@ def hit_rate(proposals: list[list[Cluster]], truth: list[set[Cluster]]) -> float
     return float(np.mean([any(c in t for c in p) for p, t in pairs]))
 
 
+def precision(proposals: list[list[Cluster]], truth: list[set[Cluster]], m: int) -> float:
+    """Mean share of the m proposals that are in the truth (users with empty truth excluded)."""
+    pairs = [(p, t) for p, t in zip(proposals, truth, strict=True) if t]
+    if not pairs:
+        return float("nan")
+    return float(np.mean([sum(c in t for c in p[:m]) / m for p, t in pairs]))
+
+
 def popularity_top(counts: Counter, banned: Sequence[set[Cluster]], k: int) -> list[list[Cluster]]:
     """Baseline: the k most frequent novel targets in training that each user has not seen."""
     ranked = [c for c, _ in counts.most_common()]
