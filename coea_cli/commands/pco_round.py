@@ -46,7 +46,7 @@ def cli(
     lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
     backbone_hidden: Annotated[int, typer.Option(help="Scratch backbone hidden size.")] = 128,
     backbone_layers: Annotated[int, typer.Option(help="Scratch backbone layers.")] = 4,
-    backbone_steps: Annotated[int, typer.Option(help="Scratch backbone pre-training steps.")] = 300,
+    backbone_steps: Annotated[int, typer.Option(help="Scratch backbone pre-training steps.")] = 200,
     n: Annotated[int, typer.Option("--n", help="Novelty samples per user.")] = 8,
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 1.0,
     top_m: Annotated[int, typer.Option(help="Clusters kept after Relevance best-of-n.")] = 3,
@@ -68,8 +68,14 @@ def cli(
     replay: Annotated[
         float, typer.Option(help="Share of each round's examples replayed from earlier rounds.")
     ] = 0.3,
-    epochs: Annotated[int, typer.Option(help="Epochs per round.")] = 2,
-    round0_epochs: Annotated[int, typer.Option(help="Epochs of the round-0 training.")] = 3,
+    epochs: Annotated[int, typer.Option(help="Epochs per round.")] = 1,
+    round0_epochs: Annotated[int, typer.Option(help="Epochs of the round-0 training.")] = 2,
+    round0_per_user: Annotated[
+        int, typer.Option(help="Round 0: novel transitions taken per user from period 0.")
+    ] = 3,
+    positives_per_user: Annotated[
+        int, typer.Option(help="Verified positives used per user and round (0: all).")
+    ] = 3,
     lr: Annotated[float, typer.Option(help="Learning rate (AdamW, LoRA parameters).")] = 5e-4,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 16,
     update_relevance: Annotated[

@@ -22,7 +22,7 @@ class LLMOptions:
     attn: str = "sdpa"
     backbone_hidden: int = 128
     backbone_layers: int = 4
-    backbone_steps: int = 300
+    backbone_steps: int = 200
     seed: int = 0
 
 

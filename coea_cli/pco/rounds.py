@@ -34,7 +34,7 @@ class RoundOptions:
     kl_weight: float = 0.5
     beta: float = 0.1
     replay: float = 0.3
-    epochs: int = 2
+    epochs: int = 1
     lr: float = 5e-4
     batch_size: int = 16
     update_relevance: bool = False
@@ -44,8 +44,9 @@ class RoundOptions:
     kl: bool = True
     reeval: bool = True
     dsie: bool = True
-    round0_epochs: int = 3
-    round0_per_user: int = 4
+    round0_epochs: int = 2
+    round0_per_user: int = 3
+    positives_per_user: int = 3
     round0_cap: int = 60
     template_dir: str | None = None
 
@@ -294,7 +295,7 @@ def round_k(
     # 4. Fine-tune Novelty from round k-1.
     s = time.time()
     objective = opt.objective if (opt.kl or opt.objective != "sft_kl") else "sft"
-    pos_rows = [rows[i] for i in np.flatnonzero(pos)]
+    pos_rows = _cap_per_user(rows, pos, opt.positives_per_user, llm.seed + k)
     new_prompts = [prompts[j] for j, _, _ in pos_rows]
     new_targets = [c for _, c, _ in pos_rows]
     replay_p, replay_t = _replay(track, k, len(new_prompts), opt.replay, llm.seed + k)
@@ -425,6 +426,20 @@ def round_k(
         "relevance_path": relevance_path,
     }
     return metrics
+
+
+def _cap_per_user(rows, pos, cap: int, seed: int) -> list:
+    """Verified positives, at most `cap` per user (chosen at random) so that users who try many
+    new clusters in a period do not dominate the round; 0 keeps all."""
+    idx = np.flatnonzero(pos)
+    if cap <= 0:
+        return [rows[i] for i in idx]
+    rng = np.random.default_rng(seed)
+    by_user: dict[int, list[int]] = {}
+    for i in rng.permutation(idx):
+        by_user.setdefault(rows[i][0], []).append(int(i))
+    keep = sorted(i for picks in by_user.values() for i in picks[:cap])
+    return [rows[i] for i in keep]
 
 
 def _replay(track: Track, k: int, n_new: int, share: float, seed: int):
