@@ -6,12 +6,12 @@ Adapters are written as safetensors with JSON beside them; nothing is ever unpic
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from coea_cli.errors import BadInput
+from coea_cli.store import replace_dir
 
 QUANTS = ("4bit", "8bit", "none")
 ADAPTER_INFO = "coea_adapter.json"
@@ -258,14 +258,3 @@ def load_adapter(base, adapter_dir, *, is_trainable: bool = False):
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
-
-
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move ``src`` to ``dst``, replacing an existing ``dst`` with as small a gap as possible."""
-    old = None
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

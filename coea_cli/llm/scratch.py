@@ -112,8 +112,8 @@ def build_scratch_backbone(
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
-    from coea_cli.llm.backbone import replace_dir
     from coea_cli.llm.prompts import answer_token_ids
+    from coea_cli.store import replace_dir
 
     if not texts and not sid_sequences:
         raise ValueError("need texts or SID sequences to train the scratch backbone on")
