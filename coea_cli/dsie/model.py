@@ -47,7 +47,9 @@ class DSIEConfig:
     use_group: bool = True
     backend: str = "auto"  # kernels.attention backend
     mlp_ratio: int = 2  # MLP hidden size = mlp_ratio x hidden
-    gate_init: float = 0.0  # initial gate bias: sigmoid(gate_init) = initial weight of the long state
+    gate_init: float = (
+        0.0  # initial gate bias: sigmoid(gate_init) = initial weight of the long state
+    )
     extra: dict = field(default_factory=dict)
 
     @property

@@ -33,6 +33,7 @@ from coea_cli import console, store
 from coea_cli.dsie.data import Windows, batch_order, train_batch
 from coea_cli.errors import BadInput
 
+
 @dataclass
 class TrainConfig:
     epochs: int = 40
