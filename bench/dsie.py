@@ -2,7 +2,8 @@
 
     python bench/dsie.py --work /tmp/ml                 # CPU training throughput
     python bench/dsie.py --work /tmp/ml --gpu           # + epoch time, Triton vs SDPA (CUDA)
-    python bench/dsie.py --work /tmp/ml --quality       # + leave-one-out comparison table
+    python bench/dsie.py --work /tmp/ml --quality --seeds 0,1,2 --jobs 3
+                                                        # + leave-one-out comparison table
     python bench/dsie.py ... --json PATH                # also write the results as JSON
 
 Throughput: one training epoch of the default model (train-dsie defaults) on the pipeline
@@ -12,7 +13,9 @@ beside wall seconds because a shared machine slows the wall clock.
 GPU: the same model with backend="triton" and backend="torch" (SDPA with a padding mask) for
 the long-term branch, bf16 autocast, one warm-up epoch, then the median of 3 epochs each.
 Quality: runs `coea train-dsie --protocol loo --compare` (popularity, short-only, long-only
-without group, DSIE --no-group, DSIE) and prints its table, protocol first.
+without group, DSIE --no-group, DSIE) for each of --seeds (model initialisation and batch
+order; `--jobs` of them at once) and prints the mean and standard deviation over seeds,
+protocol first.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ def build(work: Path, device: str, backend: str = "auto"):
 
 
 def _no_eval(model) -> dict:
-    return {"ndcg@10": 0.0, "hr@10": 0.0}
+    return {"ndcg": 0.0, "ndcg@10": 0.0, "hr@10": 0.0}
 
 
 def cpu_throughput(work: Path, threads: int) -> dict:
@@ -113,21 +116,56 @@ def gpu_epochs(work: Path, repeats: int = 3) -> dict:
     return out
 
 
-def quality(work: Path, extra: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "coea_cli", "train-dsie", "--work", str(work), "--protocol", "loo"]
-    cmd += ["--compare", "--force", "--json", *extra]
+def quality(work: Path, extra: list[str], seeds: list[int], jobs: int) -> dict:
+    """`train-dsie --protocol loo --compare` once per seed (into dsie-loo-s<seed>/), `jobs`
+    at a time (one thread each when jobs > 1); the table shows the mean and standard deviation
+    over seeds, the protocol first."""
+    procs, reports = [], {}
+    env = dict(os.environ, OMP_NUM_THREADS="1") if jobs > 1 else None
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    for seed in seeds:
+        cmd = [sys.executable, "-m", "coea_cli", "train-dsie", "--work", str(work)]
+        cmd += ["--protocol", "loo", "--compare", "--seed", str(seed), "--out", f"dsie-loo-s{seed}"]
+        procs.append(subprocess.Popen([*cmd, "--json", *extra], stdout=subprocess.DEVNULL, env=env))
+        if len(procs) >= jobs:
+            _wait(procs.pop(0))
+    for p in procs:
+        _wait(p)
     seconds = time.perf_counter() - t0
-    report = json.loads((work / "dsie-loo" / "report.json").read_text())
-    print(f"Protocol: {report['protocol']}")
-    print(f"{'model':52s} {'HR@10':>7s} {'NDCG@10':>8s} {'epochs':>7s} {'train s':>8s}")
-    for name, row in report["compare"].items():
-        m = row["test"]
-        ep = row.get("epochs", "")
-        secs = row.get("train_seconds", "")
-        print(f"{name:52s} {m['hr@10']:7.4f} {m['ndcg@10']:8.4f} {ep!s:>7s} {secs!s:>8s}")
-    return {"protocol": report["protocol"], "rows": report["compare"], "seconds": round(seconds, 1)}
+    for seed in seeds:
+        reports[seed] = json.loads((work / f"dsie-loo-s{seed}" / "report.json").read_text())
+    protocol = reports[seeds[0]]["protocol"]
+    print(f"Protocol: {protocol}")
+    print(f"Seeds: {seeds}; mean +- standard deviation over seeds (test = last item per user)")
+    print(f"{'model':52s} {'HR@10':>16s} {'NDCG@10':>16s} {'epochs':>7s} {'train s':>8s}")
+    rows = {}
+    for name in reports[seeds[0]]["compare"]:
+        per = [reports[s]["compare"][name] for s in seeds]
+        hr = np.array([r["test"]["hr@10"] for r in per])
+        nd = np.array([r["test"]["ndcg@10"] for r in per])
+        ep = np.mean([r.get("epochs", 0) for r in per])
+        secs = np.mean([r.get("train_seconds", 0) for r in per])
+        rows[name] = {
+            "hr@10": hr.tolist(),
+            "ndcg@10": nd.tolist(),
+            "hr@10_mean": round(float(hr.mean()), 4),
+            "hr@10_sd": round(float(hr.std(ddof=1)) if len(hr) > 1 else 0.0, 4),
+            "ndcg@10_mean": round(float(nd.mean()), 4),
+            "ndcg@10_sd": round(float(nd.std(ddof=1)) if len(nd) > 1 else 0.0, 4),
+            "epochs_mean": round(float(ep), 1),
+            "train_seconds_mean": round(float(secs), 1),
+        }
+        r = rows[name]
+        print(
+            f"{name:52s} {r['hr@10_mean']:7.4f} +- {r['hr@10_sd']:.4f} "
+            f"{r['ndcg@10_mean']:7.4f} +- {r['ndcg@10_sd']:.4f} {ep:7.1f} {secs:8.1f}"
+        )
+    return {"protocol": protocol, "seeds": seeds, "rows": rows, "seconds": round(seconds, 1)}
+
+
+def _wait(proc: subprocess.Popen) -> None:
+    if proc.wait() != 0:
+        raise SystemExit(f"train-dsie failed (exit {proc.returncode}): {proc.args}")
 
 
 def main() -> None:
@@ -139,6 +177,8 @@ def main() -> None:
     ap.add_argument("--gpu", action="store_true", help="also time Triton vs SDPA epochs (CUDA)")
     ap.add_argument("--quality", action="store_true", help="also run the leave-one-out comparison")
     ap.add_argument("--train-args", default="", help="extra train-dsie options for --quality")
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds for --quality")
+    ap.add_argument("--jobs", type=int, default=1, help="seeds trained at once for --quality")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     results = {"cpu": cpu_throughput(args.work, args.threads)}
@@ -150,7 +190,8 @@ def main() -> None:
         else:
             print("GPU epochs: skipped (no CUDA device)")
     if args.quality:
-        results["quality"] = quality(args.work, args.train_args.split())
+        seeds = [int(x) for x in args.seeds.split(",")]
+        results["quality"] = quality(args.work, args.train_args.split(), seeds, args.jobs)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
 

@@ -405,7 +405,7 @@ def _train_losses(rank: int, world: int) -> tuple[list[float], float]:
 
     def improving(m):  # every epoch is "better": the final weights are kept
         evals.append(1)
-        return {"ndcg@10": float(len(evals)), "hr@10": 0.0}
+        return {"ndcg": float(len(evals)), "ndcg@10": 0.0, "hr@10": 0.0}
 
     trainer = Trainer(model.train(), windows, groups, cfg, improving, rank=rank, world=world)
     trainer.fit()

@@ -59,17 +59,25 @@ def cli(
         int, typer.Option(help="T_S: window of the short-term branch (most recent items).")
     ] = 10,
     dropout: Annotated[float, typer.Option(help="Dropout on embeddings and blocks.")] = 0.2,
-    epochs: Annotated[int, typer.Option(help="Most training epochs.")] = 40,
-    batch_size: Annotated[int, typer.Option(help="Sequences per global batch.")] = 128,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate (after warmup).")] = 2e-3,
+    epochs: Annotated[int, typer.Option(help="Most training epochs.")] = 25,
+    batch_size: Annotated[int, typer.Option(help="Sequences per global batch.")] = 32,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate (after warmup).")] = 1e-3,
     weight_decay: Annotated[
         float, typer.Option(help="AdamW weight decay on linear weights.")
     ] = 0.01,
     warmup: Annotated[int, typer.Option(help="Linear learning-rate warmup steps.")] = 50,
     patience: Annotated[
-        int, typer.Option(help="Early stopping: evaluations without a better validation NDCG@10.")
-    ] = 4,
+        int,
+        typer.Option(help="Early stopping: evaluations without a better validation metric."),
+    ] = 8,
     eval_every: Annotated[int, typer.Option(help="Validate every this many epochs.")] = 1,
+    early_stop_metric: Annotated[
+        str,
+        typer.Option(
+            help="Validation metric for early stopping and the kept weights: ndcg (no cut-off, "
+            "uses every user's rank: least noisy), mrr, ndcg@10, hr@10, ndcg@20 or hr@20."
+        ),
+    ] = "ndcg",
     group_weight: Annotated[
         float, typer.Option(help="Weight of the group-consistency loss.")
     ] = 0.1,

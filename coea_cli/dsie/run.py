@@ -27,6 +27,7 @@ from coea_cli.errors import BadInput
 from coea_cli.groups.run import group_paths, load_groups, load_item_codes, sid_paths
 
 COMMAND = "train-dsie"
+STOP_METRICS = ("ndcg", "mrr", "ndcg@10", "hr@10", "ndcg@20", "hr@20")
 # Options that change how the command runs, not what it writes.
 NOT_RECORDED = ("resume",)
 # Ablations trained by --compare, as overrides of the main options.
@@ -59,6 +60,8 @@ def _check(o: dict) -> None:
         raise BadInput("--dropout must be in [0, 1)")
     if o["lr"] <= 0:
         raise BadInput("--lr must be > 0")
+    if o["early_stop_metric"] not in STOP_METRICS:
+        raise BadInput(f"--early-stop-metric must be one of {', '.join(STOP_METRICS)}")
 
 
 def run_train_dsie(ctx: Ctx) -> dict | None:
@@ -191,6 +194,7 @@ def _train_config(o: dict, seed: int) -> TrainConfig:
         sampled_above=o["sampled_softmax_above"],
         negatives=o["negatives"],
         seed=seed,
+        metric=o["early_stop_metric"],
     )
 
 
@@ -273,7 +277,7 @@ def _report(o, split, tables, main, model_cfg, train_cfg) -> dict:
         "training": {
             "windows": main["windows"],
             "sequences_per_s": round(float(np.median(seq_s)), 1) if seq_s else None,
-            **{k: v for k, v in main["fit"].items()},
+            **main["fit"],
         },
     }
 

@@ -36,12 +36,12 @@ from coea_cli.errors import BadInput
 
 @dataclass
 class TrainConfig:
-    epochs: int = 40
-    batch_size: int = 128
-    lr: float = 2e-3
+    epochs: int = 25
+    batch_size: int = 32
+    lr: float = 1e-3
     weight_decay: float = 0.01
     warmup: int = 50
-    patience: int = 4
+    patience: int = 8
     eval_every: int = 1
     grad_clip: float = 1.0
     group_weight: float = 0.1
@@ -50,7 +50,7 @@ class TrainConfig:
     negatives: int = 1024
     seed: int = 0
     amp: bool = True
-    metric: str = "ndcg@10"  # validation metric for early stopping
+    metric: str = "ndcg"  # validation metric for early stopping (see ranking_metrics)
 
 
 # ---------------------------------------------------------------- distributed
@@ -226,17 +226,8 @@ class Trainer:
                 row["val"] = metrics
                 self._early_stop(metrics)
             self.history.append(row)
-            val = row.get("val", {})
             if self.rank == 0:
-                console.log(
-                    f"{self.label} epoch {self.epoch}: loss {row['loss']:.4f}, "
-                    f"{stats['sequences_per_s']:.0f} seq/s"
-                    + (
-                        f", val HR@10 {val['hr@10']:.4f} NDCG@10 {val['ndcg@10']:.4f}"
-                        if val
-                        else ""
-                    )
-                )
+                console.log(self._epoch_line(row, stats))
             self.save_checkpoint()
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
@@ -249,6 +240,18 @@ class Trainer:
             "train_seconds": round(self.train_seconds, 2),
             "history": self.history,
         }
+
+    def _epoch_line(self, row: dict, stats: dict) -> str:
+        line = f"{self.label} epoch {self.epoch}: loss {row['loss']:.4f}, "
+        line += f"{stats['sequences_per_s']:.0f} seq/s"
+        val = row.get("val")
+        if val:
+            line += f", val HR@10 {val['hr@10']:.4f} NDCG@10 {val['ndcg@10']:.4f}"
+            if self.cfg.metric not in ("hr@10", "ndcg@10"):
+                line += f" {self.cfg.metric} {val[self.cfg.metric]:.4f}"
+            if self.best["epoch"] == self.epoch:
+                line += " (best)"
+        return line
 
     def _early_stop(self, metrics: dict) -> None:
         value = metrics[self.cfg.metric]

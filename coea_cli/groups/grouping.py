@@ -275,6 +275,12 @@ def hybrid_groups(
     feats = np.concatenate([hist, attr_weight * one_hot_attributes(attrs, n_users)], axis=1)
     assign = np.ones(n_users, dtype=bool)
     labels, notes = kmeans_groups(feats, fit_mask, feats, assign, n_groups, seed)
+    n_none = int((~hist.any(axis=1)).sum())
+    if n_none:
+        notes.append(
+            f"{n_none} users without history before the test period placed by attributes "
+            "(nearest centroid)"
+        )
     labels = relabel_by_size(np.where(labels < 0, 0, labels))
     return Grouping(labels, [f"hybrid group {g}" for g in range(labels.max() + 1)], "hybrid", notes)
 

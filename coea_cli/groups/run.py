@@ -123,7 +123,8 @@ def load_groups(work: Path, n_users: int) -> tuple[np.ndarray, np.ndarray]:
 def _check_options(o: dict) -> None:
     if o["grouping"] not in grouping.GROUPINGS:
         raise BadInput(f"--grouping must be one of {', '.join(grouping.GROUPINGS)}")
-    for name in ("groups", "min_group_size", "profile_attempts", "profile_batch"):
+    positive = ("groups", "min_group_size", "profile_attempts", "profile_batch", "top_clusters")
+    for name in (*positive, "top_items", "profile_max_tokens"):
         if o[name] < 1:
             raise BadInput(f"--{name.replace('_', '-')} must be >= 1 (got {o[name]})")
     if o["attr_weight"] < 0:
