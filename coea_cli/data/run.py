@@ -63,9 +63,10 @@ def run_prepare(ctx: Ctx) -> dict:
     inputs = [source] + [Path(x) for x in (o["items"], o["users"]) if x is not None]
     options = {k: v for k, v in o.items() if k != "append"}
     paths = data_paths(ctx.work)
-    with _stage(ctx, paths["dir"], options, inputs) as st:
-        if st is None:
-            return _summary(load_prepared(ctx.work), fresh=True)
+    checked = store.Stage(paths["dir"], "prepare", options, inputs, ctx.seed)
+    if skip_if_fresh(ctx, checked.up_to_date(), str(paths["dir"])):
+        return _summary(load_prepared(ctx.work), fresh=True)
+    with store.stage(paths["dir"], "prepare", options, checked=checked) as st:
         console.log(f"reading {source} ({fmt})")
         raw = read_source(source, fmt, o["columns"], o["items"], o["users"])
         prepared = prepare_log(
@@ -81,26 +82,6 @@ def run_prepare(ctx: Ctx) -> dict:
         )
         _write(st.tmp, prepared)
     return _summary(prepared)
-
-
-class _stage:
-    """stage() that yields None when the artifact is fresh (no-op)."""
-
-    def __init__(self, ctx: Ctx, folder: Path, options: dict, inputs: list[Path]):
-        self.ctx, self.folder, self.options, self.inputs = ctx, folder, options, inputs
-        self.cm = None
-
-    def __enter__(self):
-        st = store.Stage(self.folder, "prepare", self.options, self.inputs, self.ctx.seed)
-        if skip_if_fresh(self.ctx, st.up_to_date(), str(self.folder)):
-            return None
-        self.cm = store.stage(self.folder, "prepare", {}, checked=st)
-        return self.cm.__enter__()
-
-    def __exit__(self, *exc):
-        if self.cm is not None:
-            return self.cm.__exit__(*exc)
-        return False
 
 
 def _append(ctx: Ctx) -> dict:
