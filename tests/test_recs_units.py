@@ -308,3 +308,57 @@ def test_key_context():
     # unknown group (e.g. -1 for ungrouped users): no persona
     assert key_context(w, (-1, (2,)), use_dsie=True).persona == ""
     assert key_context(w, (0, ()), use_dsie=True).recent == []
+
+
+def test_key_candidates_judged_draws_then_reserve(monkeypatch):
+    """Candidate assembly with stand-in LLM scores (isolates sampling, judging and the
+    reserve; the decoding functions themselves are tested in test_llm_*)."""
+    import torch
+
+    from coea_cli.llm import decoding
+    from coea_cli.pco.scoring import Prompter
+    from coea_cli.recs.candidates import key_candidates
+
+    n_clusters = 6
+    w = _world()
+    w.item_cluster = np.arange(n_clusters)
+    w.n_clusters = w.n_items = n_clusters
+    # Novelty: cluster 0 likeliest, then 1, 2, ...; cluster 5 impossible
+    logp = torch.log(torch.tensor([0.4, 0.3, 0.15, 0.1, 0.05, 0.0]))
+    monkeypatch.setattr(
+        decoding,
+        "cluster_logprobs",
+        lambda m, t, prompts, clusters, **kw: logp.repeat(len(prompts), 1),
+    )
+    judged_prompts: list[str] = []
+
+    def relevance(m, t, prompts, **kw):
+        judged_prompts.extend(prompts)
+        return torch.linspace(0.2, 0.9, len(prompts))  # later draws judged better
+
+    monkeypatch.setattr(decoding, "relevance_scores", relevance)
+    key = (0, (1,))  # cluster 1 is in the key's recent history: never proposed
+    out = key_candidates(w, [key], (None, None), (None, None), Prompter(w), n=3,
+                         temperature=1.0, seed=0)[key]  # fmt: skip
+    judged = [c for c in out if np.isfinite(c.relevance)]
+    reserve = [c for c in out if not np.isfinite(c.relevance)]
+    assert out[: len(judged)] == judged  # judged first
+    assert len(judged) == len(judged_prompts) and 1 <= len(judged) <= 3
+    assert [c.relevance for c in judged] == sorted((c.relevance for c in judged), reverse=True)
+    # every allowed cluster exactly once; the banned and the impossible ones never
+    assert sorted(c.cluster[0] for c in out) == [0, 2, 3, 4]
+    # the reserve follows the Novelty distribution renormalised without cluster 1
+    probs = [c.novelty for c in reserve]
+    assert probs == sorted(probs, reverse=True)
+    p = np.array([0.4, 0.15, 0.1, 0.05]) / 0.7
+    for c in out:
+        np.testing.assert_allclose(c.novelty, p[[0, 2, 3, 4].index(c.cluster[0])], rtol=1e-5)
+
+
+def test_user_list_reaches_the_reserve_when_draws_are_familiar():
+    """A user who knows every judged draw still explores: the reserve supplies the clusters."""
+    judged = cands(0, 2)
+    reserve = [Candidate((1,), float("nan"), 0.2), Candidate((3,), float("nan"), 0.1)]
+    out = user_list(SCORES, np.array([], dtype=np.int64), {0, 2}, judged + reserve, PARTS,
+                    ITEM_CLUSTER, ListOptions(k=3, top_m=1))  # fmt: skip
+    assert rows(out) == [(3, 1, 0), (4, 1, 0), (5, 1, 0)]

@@ -19,7 +19,11 @@ def cli(
     k: Annotated[int, typer.Option("--k", help="Items per user.")] = 20,
     n: Annotated[int, typer.Option("--n", help="Novelty samples per serving key.")] = 10,
     top_m: Annotated[
-        int, typer.Option(help="Novel clusters kept per user after Relevance best-of-n.")
+        int,
+        typer.Option(
+            help="Novel clusters kept per user: the Relevance LLM's best of the n draws the user "
+            "does not know yet, then the Novelty LLM's next most likely clusters."
+        ),
     ] = 3,
     temperature: Annotated[float, typer.Option(help="Novelty sampling temperature.")] = 1.0,
     explore_ratio: Annotated[

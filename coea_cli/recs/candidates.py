@@ -3,7 +3,9 @@
 A serving key is (group, last few clusters). The Novelty LLM's exact constrained distribution
 over clusters is computed for the key's prompt, n clusters are sampled from it (temperature,
 seeded by the key itself, so any sharding of users gives the same draws), and the Relevance LLM
-scores each distinct draw: best-of-n.
+scores each distinct draw: best-of-n. The key does not know each user's familiar clusters, so
+the judged draws are followed by a reserve: every other allowed cluster, unjudged, in the Novelty
+LLM's order. A user who already knows some of the draws then still gets m novel clusters.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ Key = tuple[int, tuple[int, ...]]
 @dataclass
 class Candidate:
     cluster: Cluster
-    relevance: float  # P(Yes) from the Relevance LLM
+    relevance: float  # P(Yes) from the Relevance LLM; NaN for reserve clusters (not judged)
     novelty: float  # probability under the Novelty LLM's constrained distribution
 
 
@@ -56,8 +58,8 @@ def key_candidates(
     use_dsie: bool = True,
     batch_size: int = 32,
 ) -> dict[Key, list[Candidate]]:
-    """Candidates per key, best Relevance score first. `novelty` and `relevance` are
-    (model, tokenizer) pairs."""
+    """Candidates per key: the judged draws, best Relevance score first, then the reserve by
+    Novelty probability. `novelty` and `relevance` are (model, tokenizer) pairs."""
     from coea_cli.llm.decoding import cluster_logprobs, relevance_scores
 
     clusters = world.clusters()
@@ -96,6 +98,13 @@ def key_candidates(
     out: dict[Key, list[Candidate]] = {k: [] for k in keys}
     for (r, c), s in zip(flat, rel, strict=True):
         out[keys[r]].append(Candidate(c, float(s), float(probs[r][col[c]])))
-    for k in out:
+    for r, k in enumerate(keys):
         out[k].sort(key=lambda x: (-x.relevance, -x.novelty))
+        judged = set(drawn[r])
+        reserve = [j for j in np.argsort(-probs[r], kind="stable") if probs[r][j] > 0]
+        out[k] += [
+            Candidate(clusters[j], float("nan"), float(probs[r][j]))
+            for j in reserve
+            if clusters[j] not in judged
+        ]
     return out

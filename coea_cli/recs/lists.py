@@ -1,9 +1,9 @@
 """Per-user top-K lists: items inside the user's best novel clusters, ranked by DSIE.
 
-For each user the key's candidates lose every cluster the user already knows; the top m left
-give the exploration pool, whose unseen items are ranked by the user's DSIE score. A share
-`1 - explore_ratio` of the K slots (and any slot the pool cannot fill) goes to DSIE's own
-relevance ranking.
+For each user the key's candidates (judged draws, then the reserve) lose every cluster the user
+already knows; the top m left give the exploration pool, whose unseen items are ranked by the
+user's DSIE score. A share `1 - explore_ratio` of the K slots (and any slot the pool cannot fill)
+goes to DSIE's own relevance ranking.
 """
 
 from __future__ import annotations
