@@ -645,6 +645,65 @@ def new_interest_rate(
     return _sorted_unique(users[~seen]).size / active.size
 
 
+# ---------------------------------------------------------------- uncertainty
+
+
+def per_user(recs, truth, history, item_cluster, k: int) -> dict[str, np.ndarray]:
+    """Per-user values behind two headline metrics, one row per evaluated user (non-empty truth):
+    ``novel_hit`` (1.0 or 0.0; NaN for a user without novel relevant items) and ``serendipity``.
+    Their means (NaN rows dropped) are ``novel_hit_rate`` and ``serendipity`` at k.
+
+    Example (the ``serendipity`` example's data)::
+
+        novel_hit   -> [1.0, 1.0]
+        serendipity -> [1/3, 2/3]
+    """
+    top = _topk(recs, k)
+    _check_rows(top, truth)
+    ev = np.nonzero(_n_truth(truth, top.shape[0]) > 0)[0]
+    top = top[ev]
+    truth = [truth[u] for u in ev]
+    history = [history[u] for u in ev]
+    new_truth = novel_truth(truth, history, item_cluster)
+    hit = _in_lists(top, new_truth).any(axis=1).astype(np.float64)
+    hit[_n_truth(new_truth, len(ev)) == 0] = np.nan
+    both = _in_lists(top, truth) & _unexpected(top, history, item_cluster)
+    return {"novel_hit": hit, "serendipity": both.sum(axis=1) / k}
+
+
+def ratio_interval(
+    a, b, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
+    """mean(a) / mean(b) and its paired percentile-bootstrap interval over users.
+
+    ``a`` and ``b`` are two systems' per-user values on the same users; a user whose value is
+    NaN in either is dropped from both. Each resample draws users with replacement and takes
+    the ratio of the two means (``inf`` when only b's mean is 0; resamples where both are 0
+    are dropped).
+
+    Example::
+
+        a = [1, 1, 0, 0], b = [1, 0, 0, 0]  -> ratio 0.5 / 0.25 = 2.0
+        a = b                               -> (1.0, 1.0, 1.0)
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    keep = ~(np.isnan(a) | np.isnan(b))
+    a, b = a[keep], b[keep]
+    if not a.size:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, a.size, size=(n_boot, a.size))
+    num, den = a[idx].mean(axis=1), b[idx].mean(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = num / den  # x/0 -> inf, 0/0 -> NaN (dropped)
+        point = float(np.float64(a.mean()) / np.float64(b.mean()))
+    if np.isnan(ratios).all():
+        return point, float("nan"), float("nan")
+    tail = (1.0 - level) / 2.0
+    lo, hi = np.nanquantile(ratios, [tail, 1.0 - tail], method="inverted_cdf")
+    return float(point), float(lo), float(hi)
+
+
 # ---------------------------------------------------------------- all at once
 
 

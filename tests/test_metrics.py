@@ -457,3 +457,58 @@ def test_compute_all_with_no_evaluated_users():
     out = m.compute_all([[0, 1]], [[]], [[0]], [0, 1], [1, 1], 1, 2, ks=(1,))
     assert out["users"] == 0 and out["novel_users"] == 0
     assert math.isnan(out["hr@1"]) and out["coverage@1"] == 0.0
+
+
+# ---------------------------------------------------------------- uncertainty
+
+
+def test_per_user_example():
+    out = m.per_user([[1, 2, 4], [4, 5, 0]], [[1, 2], [4, 0]], [[0], [2]], [0, 0, 1, 1, 2, 2], 3)
+    assert out["novel_hit"].tolist() == [1.0, 1.0]
+    np.testing.assert_allclose(out["serendipity"], [1 / 3, 2 / 3])
+
+
+def test_per_user_means_are_the_metrics():
+    rng = np.random.default_rng()
+    n_items, n_users, k = 60, 40, 10
+    item_cluster = rng.integers(0, 8, n_items)
+    recs = np.stack([rng.permutation(n_items)[:k] for _ in range(n_users)])
+    recs[rng.random(recs.shape) < 0.1] = -1
+    truth = [rng.choice(n_items, size=rng.integers(0, 5), replace=False) for _ in range(n_users)]
+    history = [rng.choice(n_items, size=rng.integers(0, 8)) for _ in range(n_users)]
+    pu = m.per_user(recs, truth, history, item_cluster, k)
+    assert len(pu["serendipity"]) == m.n_evaluated(truth)
+    assert np.nanmean(pu["novel_hit"]) == pytest.approx(
+        m.novel_hit_rate(recs, truth, history, item_cluster, k)
+    )
+    assert pu["serendipity"].mean() == pytest.approx(
+        m.serendipity(recs, truth, history, item_cluster, k)
+    )
+
+
+def test_ratio_interval_examples():
+    point, lo, hi = m.ratio_interval([1, 1, 0, 0], [1, 0, 0, 0])
+    assert point == 2.0 and lo <= 2.0 <= hi
+    assert m.ratio_interval([1, 0, 1], [1, 0, 1]) == (1.0, 1.0, 1.0)
+    # NaN users are dropped from both systems
+    assert m.ratio_interval([1, np.nan, 0, 1], [0.5, 1, np.nan, 0.5])[0] == 2.0
+    assert all(math.isnan(x) for x in m.ratio_interval([np.nan], [1.0]))
+    assert m.ratio_interval([0, 0], [0, 0])[1:] == pytest.approx([np.nan, np.nan], nan_ok=True)
+
+
+def test_ratio_interval_properties():
+    rng = np.random.default_rng()
+    b = rng.random(50)
+    a = b + rng.normal(0, 0.1, 50)
+    point, lo, hi = m.ratio_interval(a, b, seed=3)
+    assert lo < point < hi
+    assert point == pytest.approx(a.mean() / b.mean())
+    # scaling one system scales the ratio and its interval exactly (same resamples)
+    p2, lo2, hi2 = m.ratio_interval(2 * a, b, seed=3)
+    assert (p2, lo2, hi2) == pytest.approx((2 * point, 2 * lo, 2 * hi))
+    # a wider level gives a wider interval; more users a narrower one
+    _, lo9, hi9 = m.ratio_interval(a, b, seed=3, level=0.9)
+    assert lo <= lo9 <= hi9 <= hi
+    big_b = rng.random(5000)
+    _, lob, hib = m.ratio_interval(big_b + rng.normal(0, 0.1, 5000), big_b, seed=3)
+    assert hib - lob < hi - lo

@@ -143,3 +143,11 @@ def test_evaluate_reports_every_system(trained):
         assert (trained / "eval" / name).exists()
     assert (trained / "eval" / "rounds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| CoEA (full) |" in (trained / "eval" / "report.md").read_text()
+    # ratio targets carry a bootstrap interval over users that brackets the point estimate
+    ratios = [t for t in report["targets"].values() if "ratio" in t]
+    assert len(ratios) == 2
+    for t in ratios:
+        lo, hi = t["ci95"]
+        if t["ratio"] is not None and lo is not None and hi is not None:
+            assert lo <= t["ratio"] <= hi
+    assert "95% CI" in (trained / "eval" / "report.md").read_text()

@@ -58,11 +58,13 @@ def run_evaluate(ctx: Ctx) -> dict:
 
     rows: dict[str, dict] = {}
     notes: dict[str, str] = {}
+    per_user: dict[str, dict] = {}
 
     def score(name: str, recs: np.ndarray, note: str = "") -> None:
         rows[name] = metrics.compute_all(
             recs, truth, history, w.item_cluster, item_pop, n_train_users, w.n_items, item_emb, ks
         )
+        per_user[name] = metrics.per_user(recs, truth, history, w.item_cluster, 10)
         notes[name] = note
 
     score("Popularity", systems.popularity(engine, users, k_max), "most popular unseen items")
@@ -86,7 +88,7 @@ def run_evaluate(ctx: Ctx) -> dict:
         "users": len(users),
         "systems": rows,
         "notes": notes,
-        "targets": _targets(rows),
+        "targets": _targets(rows, per_user, ctx.seed),
         "rounds": rounds,
         "new_interest_rate_7d": _nir(w, test, users, history),
         "seconds": round(time.time() - t0, 1),
@@ -129,20 +131,25 @@ def _variants(work: Path, main: dict) -> list[tuple[str, Variant | None, str]]:
     return out
 
 
-def _targets(rows: dict) -> dict:
+def _targets(rows: dict, per_user: dict, seed: int) -> dict:
+    """The issue's targets on the point estimates, with 95% paired-bootstrap intervals of the
+    ratios over the evaluated users."""
     full, dsie, rnd = rows.get("CoEA (full)"), rows.get("DSIE top-K"), rows.get("Random novel")
     if not (full and dsie and rnd):
         return {}
 
-    def ratio(a, b):
-        return a / b if b else float("inf") if a else float("nan")
+    def ratio(key: str, base: str) -> dict:
+        point, lo, hi = metrics.ratio_interval(
+            per_user["CoEA (full)"][key], per_user[base][key], seed=seed
+        )
+        return {"ratio": point, "ci95": [lo, hi]}
 
-    s = ratio(full["serendipity@10"], dsie["serendipity@10"])
-    h = ratio(full["novel_hr@10"], rnd["novel_hr@10"])
+    s = ratio("serendipity", "DSIE top-K")
+    h = ratio("novel_hit", "Random novel")
     u = full["unexpectedness@10"] - dsie["unexpectedness@10"]
     return {
-        "serendipity@10 vs DSIE top-K (goal >= 1.5x)": {"ratio": s, "met": s >= 1.5},
-        "novel HR@10 vs random novel (goal >= 2x)": {"ratio": h, "met": h >= 2.0},
+        "serendipity@10 vs DSIE top-K (goal >= 1.5x)": {**s, "met": s["ratio"] >= 1.5},
+        "novel HR@10 vs random novel (goal >= 2x)": {**h, "met": h["ratio"] >= 2.0},
         "unexpectedness@10 minus DSIE top-K (goal: well above)": {"difference": u, "met": u > 0.2},
     }
 
@@ -197,12 +204,17 @@ def markdown(report: dict) -> str:
     if report["targets"]:
         lines += ["", "Targets:"]
         for name, t in report["targets"].items():
-            value = t.get("ratio", t.get("difference"))
-            lines.append(f"- {name}: {_fmt(value)} ({'met' if t['met'] else 'NOT met'})")
+            value = _fmt(t.get("ratio", t.get("difference")))
+            if t.get("ci95"):
+                lo, hi = t["ci95"]
+                value += f" (95% CI {_fmt(lo)} to {_fmt(hi)} over users)"
+            lines.append(f"- {name}: {value}: {'met' if t['met'] else 'NOT met'}")
     return "\n".join(lines) + "\n"
 
 
 def _fmt(v) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
+    if isinstance(v, float) and math.isinf(v):
+        return "inf" if v > 0 else "-inf"
     return f"{v:.4f}" if isinstance(v, float) else str(v)
