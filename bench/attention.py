@@ -1,4 +1,4 @@
-"""Benchmark kernels.attention against SDPA with a padding mask and flash without padding.
+"""Benchmark coea_kernels.attention against SDPA with a padding mask and flash without padding.
 
     python bench/attention.py [--dtype bf16|fp16] [--padding right|left] [--json PATH]
     python bench/attention.py --cpu-smoke       # tiny shapes on CPU (Triton only if
@@ -26,8 +26,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernels import attention
-from kernels.reference import position_masks, valid_range
+from coea_kernels import attention
+from coea_kernels.reference import position_masks, valid_range
 
 SHAPES = {  # name: (B, Hq, Hkv, L, D), from DESIGN.md section 3
     "dsie-small": (256, 2, 2, 200, 32),
@@ -229,7 +229,7 @@ def compile_check(dtypes, dims, causals=(True, False), limit=None, arch: int = 9
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from kernels import triton_attention as ta
+    from coea_kernels import triton_attention as ta
 
     names = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
     target = GPUTarget("cuda", arch, 32)

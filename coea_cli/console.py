@@ -75,8 +75,7 @@ def progress(description: str, total: int | None, unit: str = ""):
 def quiet_libraries() -> None:
     """Keep library chatter off stderr: Hugging Face loading bars and info logs, a deprecation
     warning peft triggers, and bitsandbytes' notice that the optional hub package `kernels` is
-    absent (this project's own `kernels` package shares that import name; bitsandbytes then uses
-    its built-in CPU path)."""
+    absent (bitsandbytes then uses its built-in CPU path)."""
     import logging
     import os
     import warnings

@@ -1,5 +1,5 @@
 """Attention kernels: causal, padded, grouped-query; Triton on CUDA, PyTorch elsewhere."""
 
-from kernels.attention import attention
+from .attention import attention
 
 __all__ = ["attention"]

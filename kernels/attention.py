@@ -2,7 +2,7 @@
 
 import torch
 
-from kernels.reference import attention_reference, valid_range
+from .reference import attention_reference, valid_range
 
 BACKENDS = ("auto", "triton", "torch")
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 128
@@ -38,7 +38,7 @@ class TritonAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, starts, ends, causal, scale):
-        from kernels import triton_attention
+        from . import triton_attention
 
         q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
         out, lse = triton_attention.attention_forward(q, k, v, starts, ends, causal, scale)
@@ -49,7 +49,7 @@ class TritonAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do):
-        from kernels import triton_attention
+        from . import triton_attention
 
         q, k, v, out, lse, starts, ends = ctx.saved_tensors
         dq, dk, dv = triton_attention.attention_backward(
@@ -61,12 +61,12 @@ class TritonAttention(torch.autograd.Function):
 def _triton_available(device: torch.device) -> None:
     if device.type == "cuda":
         return
-    from kernels import triton_attention
+    from . import triton_attention
 
     if not triton_attention.INTERPRET:
         raise RuntimeError(
             f"backend='triton' needs CUDA tensors (got {device.type}); on CPU set "
-            "TRITON_INTERPRET=1 before kernels.triton_attention is first imported, "
+            "TRITON_INTERPRET=1 before coea_kernels.triton_attention is first imported, "
             "or use backend='torch'"
         )
 

@@ -1,16 +1,16 @@
 """Transformers integration: the attention implementation "coea_triton".
 
-    import kernels.hf  # registers on import
+    import coea_kernels.hf  # registers on import
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="coea_triton")
 
 Masks are built as for "sdpa" (a 4-D boolean mask, or None for plain causal attention). A mask
 that is exactly causal (or full) attention over left- or right-padded rows is turned into
-per-row lengths and runs through kernels.attention (rows of padded queries may differ there:
+per-row lengths and runs through coea_kernels.attention (rows of padded queries may differ there:
 they output 0). Everything else falls back, explicitly, to the PyTorch reference with the full
 mask: other mask patterns (sliding window, packed sequences, custom 4-D or float masks), query
 length != key length (decoding with a KV cache), dropout in training, head dims outside 16..128.
 
-The backend follows kernels.attention's "auto" (Triton on CUDA, PyTorch elsewhere); a model
+The backend follows coea_kernels.attention's "auto" (Triton on CUDA, PyTorch elsewhere); a model
 can force one with `model.config.coea_attention_backend = "triton" | "torch"`.
 """
 
@@ -18,8 +18,8 @@ import logging
 
 import torch
 
-from kernels.attention import MAX_HEAD_DIM, MIN_HEAD_DIM, attention
-from kernels.reference import attention_masked, position_masks, valid_range
+from .attention import MAX_HEAD_DIM, MIN_HEAD_DIM, attention
+from .reference import attention_masked, position_masks, valid_range
 
 NAME = "coea_triton"
 _log = logging.getLogger(__name__)

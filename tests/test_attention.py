@@ -1,4 +1,4 @@
-"""kernels.attention against plain float64 attention math (Triton under the interpreter on CPU)."""
+"""coea_kernels.attention against float64 attention math (Triton interpreted on CPU)."""
 
 import importlib.util
 import json
@@ -11,8 +11,8 @@ import pytest
 import torch
 import triton
 
-from kernels import attention
-from kernels import triton_attention as ta
+from coea_kernels import attention
+from coea_kernels import triton_attention as ta
 
 ROOT = Path(__file__).resolve().parents[1]
 # Bound on max|x - ref| / max|ref| for the output and for each gradient.
@@ -226,7 +226,7 @@ def test_compiles_for_hopper():
     """The CUDA path (not the interpreter) compiles for sm_90 with a small set of configs."""
     code = (
         "import sys, torch; sys.path.insert(0, 'bench'); import attention as b;"
-        "from kernels import triton_attention as ta;"
+        "from coea_kernels import triton_attention as ta;"
         "rows = list(b.compile_check([torch.float16, torch.float32], [48], [True], limit=1));"
         "assert rows and all(r['shared_bytes'] > 0 for r in rows), rows;"
         "assert all(r['wgmma'] for r in rows if r['dtype'] == 'fp16' and r['causal'] is not None), rows;"

@@ -5,8 +5,8 @@ import copy
 import pytest
 import torch
 
-import kernels.hf as hf
-from kernels import triton_attention as ta
+import coea_kernels.hf as hf
+from coea_kernels import triton_attention as ta
 
 transformers = pytest.importorskip("transformers")
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config  # noqa: E402

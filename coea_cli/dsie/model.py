@@ -6,7 +6,7 @@ in parallel:
 
 - long-term branch: the last `long_len` items with forward position embeddings, and the
   user's group token (the projected persona embedding) in front of them; attention through
-  `kernels.attention` (causal, left padding). A group-consistency loss pulls its state toward a
+  `coea_kernels.attention` (causal, left padding). A group-consistency loss pulls its state toward a
   centroid projected from the group's persona (1 - cosine).
 - short-term branch: causal self-attention restricted to the last `short_len` positions
   (a sliding window; with one layer its state at t depends on items t-short_len+1..t only), with
@@ -45,7 +45,7 @@ class DSIEConfig:
     item_embedding: bool = True
     branches: str = "both"
     use_group: bool = True
-    backend: str = "auto"  # kernels.attention backend
+    backend: str = "auto"  # coea_kernels.attention backend
     mlp_ratio: int = 2  # MLP hidden size = mlp_ratio x hidden
     gate_init: float = (
         0.0  # initial gate bias: sigmoid(gate_init) = initial weight of the long state
@@ -84,7 +84,7 @@ class MLP(nn.Sequential):
 
 
 class CausalBlock(nn.Module):
-    """Pre-LN block: causal self-attention (kernels.attention, left padding) + MLP."""
+    """Pre-LN block: causal self-attention (coea_kernels.attention, left padding) + MLP."""
 
     def __init__(self, hidden: int, heads: int, dropout: float, backend: str, ratio: int = 2):
         super().__init__()
@@ -96,7 +96,7 @@ class CausalBlock(nn.Module):
         self.mlp = MLP(hidden, dropout, ratio)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        from kernels import attention
+        from coea_kernels import attention
 
         b, n, h = x.shape
         q, k, v = (

@@ -93,7 +93,7 @@ def load_model(
     from coea_cli.llm.vocab import add_sid_tokens
 
     if opt.attn == "coea_triton":
-        import kernels.hf  # noqa: F401  (registers the attention implementation)
+        import coea_kernels.hf  # noqa: F401  (registers the attention implementation)
     base, tokenizer = load_backbone(
         backbone, quant=opt.quant, device=opt.device, attn_implementation=opt.attn
     )
