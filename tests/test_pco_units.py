@@ -23,9 +23,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 
+from coea_cli.clusters import distinct_last, recent_distinct
 from coea_cli.pco.context import (
     World,
-    _distinct_last,
     banned,
     cluster_popularity,
     context_of,
@@ -154,19 +154,24 @@ def test_sequences_match_naive(data, before, only):
     assert all(isinstance(u, int) for u in got)
 
 
-# ---------------------------------------------------------------- _distinct_last / banned
+# ---------------------------------------------------------------- distinct_last / banned
 
 
 def test_distinct_last_hand():
-    assert _distinct_last(np.array([3, 1, 3, 2, 1])) == [3, 2, 1]
-    assert _distinct_last(np.array([5, 5, 5])) == [5]
-    assert _distinct_last(np.zeros(0, dtype=np.int64)) == []
+    assert distinct_last(np.array([3, 1, 3, 2, 1])) == [3, 2, 1]
+    assert distinct_last(np.array([5, 5, 5])) == [5]
+    assert distinct_last(np.zeros(0, dtype=np.int64)) == []
+    assert recent_distinct([3, 1, 3, 2, 1], 2) == [2, 1]
+    assert recent_distinct([3, 1, 3, 2, 1], 9) == [3, 2, 1]
+    assert recent_distinct([3, 1], 0) == [] and recent_distinct([], 3) == []
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.integers(0, 6), max_size=30))
-def test_distinct_last_matches_naive(xs):
-    assert _distinct_last(np.array(xs, dtype=np.int64)) == naive_distinct_last(xs)
+@given(st.lists(st.integers(0, 6), max_size=30), st.integers(0, 8))
+def test_distinct_last_matches_naive(xs, n):
+    order = naive_distinct_last(xs)
+    assert distinct_last(np.array(xs, dtype=np.int64)) == order
+    assert recent_distinct(xs, n) == (order[-n:] if n else [])
 
 
 def test_banned_hand():

@@ -15,6 +15,7 @@ import pyarrow as pa
 import torch
 
 from coea_cli import store
+from coea_cli.clusters import recent_distinct
 from coea_cli.data.run import data_paths
 from coea_cli.dsie.baselines import masked_ranks, ranking_metrics
 from coea_cli.dsie.data import EvalSet, UserSequences, history_batch, user_sequences
@@ -94,10 +95,7 @@ def keys_from_sequences(
     for u in range(seqs.n_users):
         clusters = item_cluster[seqs.of(u)]
         familiar_rows.append(np.unique(clusters).astype(np.int32))
-        rev = clusters[::-1]
-        _, first = np.unique(rev, return_index=True)  # most recent occurrence of each
-        order = rev[np.sort(first)][:recent][::-1]
-        recent_rows.append(order.astype(np.int32))
+        recent_rows.append(np.array(recent_distinct(clusters, recent), dtype=np.int32))
     return pa.table(
         {
             "user_id": pa.array(np.arange(seqs.n_users, dtype=np.int32)),

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from coea_cli import store
+from coea_cli.clusters import distinct_last, recent_distinct
 from coea_cli.errors import BadInput, MissingArtifact
 
 Cluster = tuple[int, ...]
@@ -123,14 +124,14 @@ def context_of(
     ablation), though decoding still bans every cluster the user has seen.
     """
     clusters = world.item_cluster[history] if len(history) else np.zeros(0, dtype=np.int64)
-    familiar = _distinct_last(clusters)
+    familiar = distinct_last(clusters)
     window = clusters[max(0, len(clusters) - short_window) :] if not use_dsie else clusters
-    shown_recent = _tail(_distinct_last(window), recent)
+    shown_recent = recent_distinct(window, recent)
     persona = ""
     if use_dsie:
         g = world.group_of.get(int(user))
         persona = world.persona.get(g, "") if g is not None else ""
-    shown_familiar = familiar if use_dsie else _distinct_last(window)
+    shown_familiar = familiar if use_dsie else distinct_last(window)
     return Context(
         user=int(user),
         persona=persona,
@@ -144,18 +145,6 @@ def banned(world: World, history: np.ndarray) -> set[Cluster]:
     if not len(history):
         return set()
     return {(int(c),) for c in np.unique(world.item_cluster[history])}
-
-
-def _tail(values: list, n: int) -> list:
-    return values[max(0, len(values) - n) :] if n > 0 else []
-
-
-def _distinct_last(clusters: np.ndarray) -> list[int]:
-    """Distinct values ordered by their last occurrence (most recent last)."""
-    seen: dict[int, int] = {}
-    for pos, c in enumerate(clusters.tolist()):
-        seen[c] = pos
-    return [c for c, _ in sorted(seen.items(), key=lambda kv: kv[1])]
 
 
 def cluster_popularity(world: World, before_period: int) -> np.ndarray:
