@@ -137,6 +137,7 @@ def test_evaluate_reports_every_system(trained):
         for key in ("hr@10", "ndcg@10", "unexpectedness@10", "serendipity@10", "coverage@10"):
             assert row[key] is None or 0.0 <= row[key] <= 1.0
     assert report["systems"]["Random novel"]["unexpectedness@10"] == 1.0
+    assert report["notes"]["Random novel"].endswith("mean of 10 draws")
     assert [r["round"] for r in report["rounds"]["main"]] == [0, 1]
     assert [r["round"] for r in report["rounds"]["nokl"]] == [0, 1]
     for name in ("report.md", "report.json", "rounds.png", "tradeoff.png"):

@@ -17,6 +17,8 @@ from coea_cli.pco.state import MAIN, Track, load_state
 from coea_cli.recs.engine import Engine, EngineOptions, Variant
 from coea_cli.recs.lists import ListOptions
 
+RANDOM_DRAWS = 10  # the random baseline is averaged over this many draws
+
 COLUMNS = [
     ("hr@10", "HR@10"), ("ndcg@10", "NDCG@10"), ("precision@10", "P@10"),
     ("novel_hr@10", "novel HR@10"), ("unexpectedness@10", "Unexp@10"),
@@ -60,16 +62,25 @@ def run_evaluate(ctx: Ctx) -> dict:
     notes: dict[str, str] = {}
     per_user: dict[str, dict] = {}
 
-    def score(name: str, recs: np.ndarray, note: str = "") -> None:
-        rows[name] = metrics.compute_all(
-            recs, truth, history, w.item_cluster, item_pop, n_train_users, w.n_items, item_emb, ks
-        )
-        per_user[name] = metrics.per_user(recs, truth, history, w.item_cluster, 10)
+    def score(name: str, recs: np.ndarray | list[np.ndarray], note: str = "") -> None:
+        """Metrics of one system; for a list of draws of a random system, their mean."""
+        draws = recs if isinstance(recs, list) else [recs]
+        each = [
+            metrics.compute_all(
+                r, truth, history, w.item_cluster, item_pop, n_train_users, w.n_items, item_emb, ks
+            )
+            for r in draws
+        ]
+        rows[name] = {key: float(np.mean([e[key] for e in each])) for key in each[0]}
+        rows[name] |= {"users": each[0]["users"], "novel_users": each[0]["novel_users"]}
+        pu = [metrics.per_user(r, truth, history, w.item_cluster, 10) for r in draws]
+        per_user[name] = {key: np.mean([p[key] for p in pu], axis=0) for key in pu[0]}
         notes[name] = note
 
     score("Popularity", systems.popularity(engine, users, k_max), "most popular unseen items")
-    score("Random novel", systems.random_novel(engine, users, k_max, ctx.seed),
-          "random unseen items from clusters new to the user")  # fmt: skip
+    score("Random novel",
+          [systems.random_novel(engine, users, k_max, ctx.seed + d) for d in range(RANDOM_DRAWS)],
+          f"random unseen items from clusters new to the user; mean of {RANDOM_DRAWS} draws")  # fmt: skip
     score("DSIE top-K", systems.dsie_top(engine, users, k_max), "relevance only")
     score("DSIE + MMR", systems.dsie_mmr(engine, users, k_max, item_emb, o["mmr_lambda"]),
           f"MMR lambda {o['mmr_lambda']} over DSIE's top 100")  # fmt: skip
