@@ -103,11 +103,41 @@ def _fmt(value) -> str:
 
 
 def emit(result: dict, as_json: bool) -> None:
-    """Print a command's result on stdout: JSON with --json, else key: value lines."""
+    """Print a command's result on stdout: JSON with --json, else key: value lines, with a
+    list of records (such as one user's recommendations) as an aligned table."""
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
         return
     for key, value in result.items():
+        if _is_records(value):
+            out.print(f"{key}:", markup=False)
+            out.print(records_table(value), markup=False, highlight=False, soft_wrap=True)
+            continue
         if isinstance(value, dict | list):
             value = json.dumps(value, default=str)
-        out.print(f"{key}: {value}")
+        out.print(f"{key}: {value}", markup=False)
+
+
+def _is_records(value) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) > 0
+        and all(isinstance(r, dict) and r.keys() == value[0].keys() for r in value)
+    )
+
+
+def records_table(rows: list[dict]) -> str:
+    """Rows with the same keys as plain aligned columns (numbers right-aligned)."""
+    cols = list(rows[0])
+    cells = [[str(r[c]) for c in cols] for r in rows]
+    width = [max(len(c), *(len(row[j]) for row in cells)) for j, c in enumerate(cols)]
+    numeric = [all(isinstance(r[c], int | float) for r in rows) for c in cols]
+
+    def line(values: list[str]) -> str:
+        parts = [
+            v.rjust(w) if num else v.ljust(w)
+            for v, w, num in zip(values, width, numeric, strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([line(cols), *(line(row) for row in cells)])

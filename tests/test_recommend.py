@@ -105,6 +105,15 @@ def test_lmdb_round_trip_and_lookup(trained):
     items = store.read_parquet(trained / "data" / "items.parquet")["original_id"].to_pylist()
     first = t.filter(pc.equal(t["user_id"], u)).sort_by("rank")["item_id"].to_pylist()
     assert [x["item"] for x in out] == [items[i] for i in first]
+    # without --json: one aligned row per recommendation under a header
+    r = coea("recommend", "--user", users[u], "--work", trained)
+    lines = r.stdout.splitlines()
+    head = lines.index("recommendations:") + 1
+    assert lines[head].split() == ["rank", "item", "title", "score", "cluster", "source"]
+    rows = lines[head + 1 :]
+    assert len(rows) == len(out)
+    assert [int(line.split()[0]) for line in rows] == list(range(1, len(out) + 1))
+    assert all(line.split()[-1] in ("coea", "dsie") for line in rows)
 
 
 def test_unknown_user_is_bad_input(trained):

@@ -121,3 +121,17 @@ def test_lock_second_holder_fails_fast(tmp_path):
         p.join(10)
     with store.workspace_lock(tmp_path, "me"):  # free again once the holder is gone
         pass
+
+
+def test_records_table_aligns_columns():
+    from coea_cli.console import records_table
+
+    rows = [
+        {"rank": 1, "title": "Brazil", "score": 1.5},
+        {"rank": 10, "title": "Fargo (1996)", "score": 0.25},
+    ]
+    assert records_table(rows).splitlines() == [
+        "rank  title         score",
+        "   1  Brazil          1.5",
+        "  10  Fargo (1996)   0.25",
+    ]
