@@ -161,3 +161,17 @@ def test_evaluate_reports_every_system(trained):
         if t["ratio"] is not None and lo is not None and hi is not None:
             assert lo <= t["ratio"] <= hi
     assert "95% CI" in (trained / "eval" / "report.md").read_text()
+
+
+def test_evaluate_ks():
+    from coea_cli.evaluation.run import parse_ks
+
+    assert parse_ks("5,10,20") == (5, 10, 20)
+    assert parse_ks("20,5") == (5, 10, 20)  # the table's @10 is always computed
+    assert parse_ks("3, 3,") == (3, 10)
+
+
+def test_evaluate_bad_ks_is_bad_input(trained):
+    for spec in ("a,b", "0,10", "-5"):
+        r = coea("evaluate", "--ks", spec, "--work", trained)
+        assert r.code == 2 and "--ks" in r.stderr, (spec, r.stderr)

@@ -12,7 +12,9 @@ from coea_cli.common import Config, Device, Force, Json, Seed, Work
 
 
 def cli(
-    ks: Annotated[str, typer.Option(help="Cut-offs K, comma separated.")] = "5,10,20",
+    ks: Annotated[
+        str, typer.Option(help="Cut-offs K, comma separated (10 is always included).")
+    ] = "5,10,20",
     n: Annotated[int, typer.Option("--n", help="Novelty samples per serving key.")] = 10,
     top_m: Annotated[int, typer.Option(help="Novel clusters kept per user.")] = 3,
     temperature: Annotated[float, typer.Option(help="Novelty sampling temperature.")] = 1.0,

@@ -10,7 +10,7 @@ import numpy as np
 
 from coea_cli import console, metrics, store
 from coea_cli.common import Ctx
-from coea_cli.errors import MissingArtifact
+from coea_cli.errors import BadInput, MissingArtifact
 from coea_cli.evaluation import plots, systems
 from coea_cli.pco.models import LLMOptions
 from coea_cli.pco.state import MAIN, Track, load_state
@@ -31,7 +31,7 @@ COLUMNS = [
 def run_evaluate(ctx: Ctx) -> dict:
     o = ctx.options
     work = Path(ctx.work)
-    ks = tuple(int(x) for x in str(o["ks"]).split(","))
+    ks = parse_ks(str(o["ks"]))
     k_max = max(ks)
     console.log(metrics.protocol(ks))
     main = load_state(Track(work, MAIN))
@@ -113,6 +113,19 @@ def run_evaluate(ctx: Ctx) -> dict:
         return _clean(report)
     console.out.print(markdown(report), markup=False)
     return None
+
+
+def parse_ks(spec: str) -> tuple[int, ...]:
+    """--ks as sorted cut-offs; 10 is always added (the table and the targets use @10)."""
+    try:
+        ks = {int(x) for x in spec.split(",") if x.strip()}
+    except ValueError:
+        raise BadInput(
+            f"--ks: expected comma-separated integers such as 5,10,20, got {spec!r}"
+        ) from None
+    if any(k < 1 for k in ks):
+        raise BadInput(f"--ks: every cut-off must be at least 1, got {spec!r}")
+    return tuple(sorted(ks | {10}))
 
 
 def _variants(work: Path, main: dict) -> list[tuple[str, Variant | None, str]]:
