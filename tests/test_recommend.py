@@ -126,6 +126,17 @@ def test_bad_shard_and_ratio(trained):
     assert coea("recommend", "--explore-ratio", 1.5, "--work", trained).code == 2
 
 
+def test_bad_list_options(trained):
+    before = sorted(p.name for p in trained.iterdir())
+    for cmd in ("recommend", "evaluate"):
+        for opt, value in (("--n", 0), ("--top-m", 0), ("--temperature", 0), ("--key-recent", -1)):
+            r = coea(cmd, opt, value, "--work", trained)
+            assert r.code == 2 and opt in r.stderr, (cmd, opt, r.stderr)
+    r = coea("recommend", "--k", 0, "--work", trained)
+    assert r.code == 2 and "--k" in r.stderr
+    assert sorted(p.name for p in trained.iterdir()) == before
+
+
 def test_rerun_is_a_noop(trained):
     before = (trained / "recs" / "recs.parquet").stat().st_mtime_ns
     r = coea("recommend", "--k", 10, "--n", 4, "--work", trained, "--json")

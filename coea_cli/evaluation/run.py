@@ -16,6 +16,7 @@ from coea_cli.pco.models import LLMOptions
 from coea_cli.pco.state import MAIN, Track, load_state
 from coea_cli.recs.engine import Engine, EngineOptions, Variant
 from coea_cli.recs.lists import ListOptions
+from coea_cli.recs.run import check_options
 
 RANDOM_DRAWS = 10  # the random baseline is averaged over this many draws
 
@@ -32,6 +33,7 @@ def run_evaluate(ctx: Ctx) -> dict:
     o = ctx.options
     work = Path(ctx.work)
     ks = parse_ks(str(o["ks"]))
+    check_options(o)
     k_max = max(ks)
     console.log(metrics.protocol(ks))
     main = load_state(Track(work, MAIN))

@@ -64,13 +64,28 @@ def lookup(work: Path, user: str, shard: tuple[int, int] | None = None) -> dict:
     return {"user": user, "recommendations": rows}
 
 
+def check_options(o: dict) -> None:
+    """The list options `recommend` and `evaluate` share."""
+    if "k" in o and o["k"] < 1:
+        raise BadInput(f"--k must be at least 1 (got {o['k']})")
+    if o["n"] < 1:
+        raise BadInput(f"--n must be at least 1 (got {o['n']})")
+    if o["top_m"] < 1:
+        raise BadInput(f"--top-m must be at least 1 (got {o['top_m']})")
+    if not o["temperature"] > 0:
+        raise BadInput(f"--temperature must be above 0 (got {o['temperature']})")
+    if o["key_recent"] < 0:
+        raise BadInput(f"--key-recent must be 0 or more (got {o['key_recent']})")
+    if not 0.0 <= o["explore_ratio"] <= 1.0:
+        raise BadInput("--explore-ratio must be between 0 and 1")
+
+
 def run_recommend(ctx: Ctx) -> dict:
     o = ctx.options
     shard = parse_shard(o["shard"])
     if o["user"] is not None:
         return lookup(ctx.work, str(o["user"]), shard)
-    if not 0.0 <= o["explore_ratio"] <= 1.0:
-        raise BadInput("--explore-ratio must be between 0 and 1")
+    check_options(o)
     work = Path(ctx.work)
     track = Track(work, o["track"] or MAIN)
     state = load_state(track)
