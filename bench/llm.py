@@ -25,7 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from coea_cli.llm.vocab import cluster_to_text, sid_tokens
+from coea_cli.options import PcoOptions
+from coea_cli.workspace.sids import SidLayout
+from coea_cli.workspace.sids import cluster_token as cluster_to_text
 
 GENRES = "Action Adventure Animation Children Comedy Crime Documentary Drama Fantasy Film-Noir "
 GENRES = (GENRES + "Horror Musical Mystery Romance Sci-Fi Thriller War Western").split()
@@ -71,7 +73,7 @@ def synthetic_corpus(n_items: int = 1682, n_users: int = 943, mean_len: int = 10
     for _ in range(n_users):
         n = max(20, int(rng.expovariate(1 / mean_len)))
         histories.append("".join(cluster_to_text(sids[rng.randrange(n_items)]) for _ in range(n)))
-    tokens = sid_tokens(LEVELS + 1, [CODES] * LEVELS + [8])
+    tokens = SidLayout((*[CODES] * LEVELS, 8)).tokens()
     texts = items + list(describe.values()) + personas
     return dict(
         texts=texts,
@@ -107,7 +109,7 @@ def bench_cpu(steps: int, work: Path) -> dict:
 
     from coea_cli.llm.backbone import add_lora, load_backbone
     from coea_cli.llm.decoding import ClusterTrie, cluster_logprobs, sample_clusters
-    from coea_cli.llm.scratch import build_scratch_backbone
+    from coea_cli.llm.scratch import ScratchSpec, build_scratch_backbone
     from coea_cli.llm.train import train_novelty
     from coea_cli.llm.vocab import add_sid_tokens
 
@@ -121,12 +123,14 @@ def bench_cpu(steps: int, work: Path) -> dict:
             print(f"  pre-train step {step}/{total} loss {loss:.3f}", file=sys.stderr)
 
     t0, cpu0 = time.perf_counter(), time.process_time()
+    pco = PcoOptions()
+    spec = ScratchSpec(hidden=pco.backbone_hidden, layers=pco.backbone_layers, steps=steps)
     path = build_scratch_backbone(
         work / "backbone",
+        spec,
         texts=corpus["texts"],
         sid_sequences=corpus["histories"],
         sid_tokens=corpus["tokens"],
-        steps=steps,
         progress=progress,
     )
     build_s, build_cpu = time.perf_counter() - t0, time.process_time() - cpu0

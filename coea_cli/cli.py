@@ -1,15 +1,21 @@
-"""The `coea` command line: one subcommand per pipeline step."""
+"""The `coea` command line: one subcommand per pipeline step.
+
+Each subcommand's parameters are derived from its options dataclass (`coea_cli.options`) plus
+the shared options, so the command line and the dataclass cannot drift.
+"""
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
+import inspect
 import sys
+import typing
+from dataclasses import MISSING, fields
 from typing import Annotated
 
 import typer
 
 from coea_cli import __version__
+from coea_cli.options import COMMANDS, Common, Options, flag_of
 
 app = typer.Typer(
     name="coea",
@@ -18,24 +24,53 @@ app = typer.Typer(
     "pco-round -> recommend -> evaluate. Every command reads and writes a workspace (--work).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
     rich_markup_mode=None,
 )
 
-# command name -> module in coea_cli/commands/ defining a typed `cli` function
-COMMANDS = {
-    "prepare": "prepare",
-    "tokenize-items": "tokenize_items",
-    "build-sids": "build_sids",
-    "profile-groups": "profile_groups",
-    "train-dsie": "train_dsie",
-    "pco-round": "pco_round",
-    "recommend": "recommend",
-    "evaluate": "evaluate",
-}
-for _name, _module in COMMANDS.items():
-    if importlib.util.find_spec(f"coea_cli.commands.{_module}") is not None:
-        app.command(_name)(importlib.import_module(f"coea_cli.commands.{_module}").cli)
+
+def _parameters(cls: type[Options]) -> list[inspect.Parameter]:
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in fields(cls):
+        names = [flag_of(f)]
+        if hints[f.name] is bool and not f.metadata.get("flag"):
+            names = [f"{names[0]}/--no-{names[0][2:]}"]
+        option = typer.Option(*names, help=f.metadata["help"], show_default=True)
+        default = None if f.default is MISSING else f.default
+        out.append(
+            inspect.Parameter(
+                f.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=default,
+                annotation=Annotated[hints[f.name], option],
+            )
+        )
+    return out
+
+
+def command(name: str) -> typer.models.CommandFunctionType:
+    """The typer function of one subcommand: its own options, then the shared ones."""
+    cls, _ = COMMANDS[name]
+    own = _parameters(cls)
+    shared = _parameters(Common)
+    shared_names = {p.name for p in shared}
+
+    def cli(**kwargs) -> None:
+        from coea_cli.common import run
+
+        common = {k: v for k, v in kwargs.items() if k in shared_names}
+        run(name, common, {k: v for k, v in kwargs.items() if k not in shared_names})
+
+    cli.__signature__ = inspect.Signature(own + shared)
+    cli.__annotations__ = {p.name: p.annotation for p in own + shared}
+    cli.__doc__ = cls.__doc__
+    cli.__name__ = name.replace("-", "_")
+    return cli
+
+
+for _name in COMMANDS:
+    app.command(_name)(command(_name))
 
 
 def _version(value: bool) -> None:
@@ -63,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = find_config_arg(argv)
     if cfg:
         try:
-            default_map = load_default_map(cfg, list(COMMANDS))
+            default_map = load_default_map(cfg)
         except CoeaError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(e.exit_code)

@@ -1,90 +1,124 @@
-"""Options every command shares, and the runner that maps errors to exit codes."""
+"""What every command receives (Ctx), and the runner that maps errors to exit codes."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import random
 import sys
+import time
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Annotated
-
-import typer
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from coea_cli import console
-from coea_cli.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, CoeaError
+from coea_cli.errors import EXIT_INTERNAL, BadInput, CoeaError
+from coea_cli.options import COMMANDS, Common, Device, Options
 
-Work = Annotated[
-    Path, typer.Option("--work", help="Workspace folder holding every artifact of one experiment.")
-]
-Config = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        help="TOML file with defaults for any option (top-level keys for all commands, "
-        "[command] tables for one).",
-    ),
-]
-Seed = Annotated[int, typer.Option("--seed", help="Random seed (numpy, torch, python).")]
-Device = Annotated[
-    str,
-    typer.Option("--device", help="auto (CUDA when present), cpu or cuda."),
-]
-Force = Annotated[
-    bool,
-    typer.Option("--force", help="Run even when inputs and options are unchanged since last run."),
-]
-Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+if TYPE_CHECKING:
+    from coea_cli.store import Stage
+    from coea_cli.workspace import Workspace
 
-# Options that change how a command runs but never what it writes.
-NOT_RECORDED = {"work", "config", "force", "json_out", "device"}
+OptionsT = TypeVar("OptionsT", bound=Options)
 
 
 @dataclass
-class Ctx:
-    """What every command receives: the shared options plus its own."""
+class Ctx(Generic[OptionsT]):
+    """The shared options, the command's own options (typed) and the workspace."""
 
-    work: Path
-    seed: int
-    device: str
-    force: bool
-    options: dict
-    json: bool = False
+    command: str
+    common: Common
+    opts: OptionsT
+    started: float = field(default_factory=time.time)
 
-    def path(self, *parts: str) -> Path:
-        return self.work.joinpath(*parts)
+    @property
+    def work(self) -> Path:
+        return self.common.work
 
-    def torch_device(self) -> str:
-        if self.device != "auto":
-            return self.device
-        import torch
+    @property
+    def seed(self) -> int:
+        return self.common.seed
 
+    @property
+    def force(self) -> bool:
+        return self.common.force
+
+    @property
+    def json(self) -> bool:
+        return self.common.json_out
+
+    @cached_property
+    def device(self) -> str:
+        """--device resolved once: cpu or cuda (auto: CUDA when present)."""
+        return resolve_device(str(self.common.device))
+
+    @cached_property
+    def ws(self) -> Workspace:
+        from coea_cli.workspace import Workspace
+
+        return Workspace(self.work)
+
+    def stage(self, folder: Path, inputs: dict, options: dict | None = None) -> Stage:
+        """The command's output folder with its manifest (inputs keyed relative to the
+        workspace; options default to the recorded command options)."""
+        from coea_cli.store import Stage
+
+        return Stage(
+            folder=Path(folder),
+            command=self.command,
+            options=self.opts.recorded() if options is None else options,
+            inputs=inputs,
+            seed=self.seed,
+            root=self.work,
+            started=self.started,
+        )
+
+    def fresh(self, st: Stage) -> bool:
+        """True (and logged) when `st` is up to date and --force is not given."""
+        if st.up_to_date() and not self.force:
+            where = (
+                st.folder.relative_to(self.work)
+                if st.folder.is_relative_to(self.work)
+                else st.folder
+            )
+            console.log(
+                f"{where} is up to date (inputs and options unchanged); use --force to rerun"
+            )
+            return True
+        return False
+
+
+def resolve_device(device: str) -> str:
+    """auto -> cuda when a GPU is present, else cpu; cuda without a GPU is bad input."""
+    if device == Device.cpu:
+        return "cpu"
+    import torch
+
+    if device == Device.auto:
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        raise BadInput("--device cuda asked for, but no CUDA GPU is available")
+    return "cuda"
 
 
-def run(command: str, params: dict, impl: Callable[[Ctx], dict]) -> None:
-    """Run a command implementation: seed, catch errors, print the result, exit."""
-    as_json = params.pop("json_out", False)
-    params.pop("config", None)
-    device = params.get("device", "auto")
-    if device not in ("auto", "cpu", "cuda"):
-        console.error(f"--device must be auto, cpu or cuda (got {device!r})")
-        raise typer.Exit(EXIT_BAD_INPUT)
-    ctx = Ctx(
-        work=Path(params.get("work", "coea-work")),
-        seed=int(params.get("seed", 0)),
-        device=device,
-        force=bool(params.get("force", False)),
-        options={k: v for k, v in params.items() if k not in NOT_RECORDED},
-        json=bool(as_json),
-    )
+def run(command: str, common: dict, own: dict) -> None:
+    """Check the options, run the command's implementation, print its result, exit."""
+    import typer
+
+    options_cls, target = COMMANDS[command]
+    try:
+        ctx = Ctx(command, Common(**common), options_cls(**own))
+    except CoeaError as e:
+        console.error(str(e))
+        raise typer.Exit(e.exit_code) from None
+    module, name = target.split(":")
     cpu_threads()
     seed_everything(ctx.seed)
     console.quiet_libraries()
     try:
-        result = impl(ctx)
+        result = getattr(importlib.import_module(module), name)(ctx)
     except CoeaError as e:
         console.error(str(e))
         raise typer.Exit(e.exit_code) from None
@@ -99,7 +133,7 @@ def run(command: str, params: dict, impl: Callable[[Ctx], dict]) -> None:
             console.err.print("set COEA_DEBUG=1 for the traceback")
         raise typer.Exit(EXIT_INTERNAL) from None
     if result is not None:
-        console.emit(result, as_json)
+        console.emit(result, ctx.json)
     sys.stdout.flush()
 
 
@@ -126,11 +160,3 @@ def seed_everything(seed: int) -> None:
         pass
     if "torch" in sys.modules:
         sys.modules["torch"].manual_seed(seed)
-
-
-def skip_if_fresh(ctx: Ctx, st_up_to_date: bool, what: str) -> bool:
-    """Log and return True when the artifact is up to date and --force is not given."""
-    if st_up_to_date and not ctx.force:
-        console.log(f"{what} is up to date (inputs and options unchanged); use --force to rerun")
-        return True
-    return False

@@ -18,12 +18,24 @@ class BadInput(CoeaError):
     exit_code = EXIT_BAD_INPUT
 
 
-class MissingArtifact(BadInput):
+class ArtifactError(BadInput):
+    """An artifact is missing, corrupt or out of date: the message names the file and the
+    command that (re)builds it. Exit code 2; nothing is written."""
+
+    def __init__(self, path, producer: str | None, problem: str):
+        where = f"{path}: " if path is not None else ""
+        fix = f"; run `coea {producer}` first" if producer else ""
+        super().__init__(f"{where}{problem}{fix}")
+        self.path = path
+        self.producer = producer
+        self.problem = problem
+
+
+class MissingArtifact(ArtifactError):
     """An upstream artifact is missing; the message says which command makes it."""
 
     def __init__(self, path, command: str):
-        super().__init__(f"missing {path}: run `coea {command}` first")
-        self.path = path
+        super().__init__(path, command, "missing")
         self.command = command
 
 

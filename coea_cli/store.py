@@ -15,7 +15,7 @@ import platform
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -263,17 +263,23 @@ def normalise(options: dict) -> dict:
 
 @dataclass
 class Stage:
-    """One command's output folder, written atomically with a manifest."""
+    """One command's output folder, written atomically with a manifest.
+
+    `inputs` maps a key to a file or folder whose hash the manifest records: paths inside
+    `root` (the workspace) are keyed by their path relative to it, so a moved, copied or
+    differently spelled workspace stays up to date; other inputs by the key given.
+    """
 
     folder: Path
     command: str
     options: dict
-    inputs: list[Path]
+    inputs: Mapping[str, Path] | Iterable[Path]
     seed: int | None = None
-    tmp: Path | None = None
-    extra: dict = field(default_factory=dict)
-    _hashes: dict | None = None
+    root: Path | None = None
     started: float = field(default_factory=time.time)
+    extra: dict = field(default_factory=dict)
+    tmp: Path | None = None
+    _hashes: dict | None = None
 
     def manifest_path(self) -> Path:
         return self.folder / MANIFEST
@@ -292,7 +298,7 @@ class Stage:
             return False
         if old.get("seed") != self.seed:
             return False
-        if old.get("inputs") != self._input_hashes():
+        if old.get("inputs") != self.input_hashes():
             return False
         for rel, digest in old.get("outputs", {}).items():
             out = self.folder / rel
@@ -300,65 +306,63 @@ class Stage:
                 return False
         return True
 
-    def _input_hashes(self) -> dict:
-        if self._hashes is not None:
-            return self._hashes
-        hashes = {}
-        for p in self.inputs:
-            p = Path(p)
-            if not p.exists():
-                raise MissingArtifact(p, "prepare")
-            hashes[str(p)] = sha256_path(p)
-        self._hashes = hashes
-        return hashes
+    def keyed_inputs(self) -> dict[str, Path]:
+        if isinstance(self.inputs, Mapping):
+            return {k: Path(v) for k, v in self.inputs.items()}
+        return {self._key(Path(p)): Path(p) for p in self.inputs}
 
-    def manifest(self, outputs: dict, extra: dict | None = None) -> dict:
+    def _key(self, path: Path) -> str:
+        if self.root is not None:
+            root, full = Path(self.root).resolve(), path.resolve()
+            if full.is_relative_to(root):
+                return full.relative_to(root).as_posix()
+        return str(path.resolve())
+
+    def input_hashes(self) -> dict:
+        if self._hashes is None:
+            hashes = {}
+            for key, p in self.keyed_inputs().items():
+                if not p.exists():
+                    raise MissingArtifact(p, "prepare")
+                hashes[key] = sha256_path(p)
+            self._hashes = hashes
+        return self._hashes
+
+    def manifest(self, outputs: dict) -> dict:
         return {
             "command": self.command,
             "options": normalise(self.options),
             "seed": self.seed,
-            "inputs": self._input_hashes(),
+            "inputs": self.input_hashes(),
             "outputs": outputs,
             "versions": versions(),
             "argv": sys.argv,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
             "seconds": round(time.time() - self.started, 3),
-            **(extra or {}),
+            **self.extra,
         }
 
-
-@contextmanager
-def stage(
-    folder: Path,
-    command: str,
-    options: dict,
-    inputs: Iterable[Path] = (),
-    seed: int | None = None,
-    keep: Iterable[str] = (),
-    checked: Stage | None = None,
-) -> Iterator[Stage]:
-    """Write an artifact folder atomically. Yields a Stage whose `tmp` folder receives the
-    outputs; on success the manifest is written and the folder swapped in whole.
-
-    `keep` names entries of the existing folder to carry over into the new one (copied).
-    `checked` reuses a Stage already built for `up_to_date()` (its input hashes are kept).
-    """
-    st = checked or Stage(Path(folder), command, dict(options), [Path(p) for p in inputs], seed)
-    with atomic_dir(st.folder) as tmp:
-        for name in keep:
-            src = st.folder / name
-            if src.is_dir():
-                shutil.copytree(src, tmp / name)
-            elif src.exists():
-                shutil.copy2(src, tmp / name)
-        st.tmp = tmp
-        yield st
-        outputs = {
-            str(p.relative_to(tmp)): sha256_path(p)
-            for p in sorted(tmp.iterdir())
-            if p.name != MANIFEST
-        }
-        write_json(tmp / MANIFEST, st.manifest(outputs, st.extra))
+    @contextmanager
+    def write(self, keep: Iterable[str] = ()) -> Iterator[Path]:
+        """Yield a temporary folder for the outputs; on success the manifest is written and
+        the folder swapped in whole. `keep` names entries of the existing folder to carry
+        over (copied)."""
+        self.input_hashes()  # before any output exists, so a missing input writes nothing
+        with atomic_dir(self.folder) as tmp:
+            for name in keep:
+                src = self.folder / name
+                if src.is_dir():
+                    shutil.copytree(src, tmp / name)
+                elif src.exists():
+                    shutil.copy2(src, tmp / name)
+            self.tmp = tmp
+            yield tmp
+            outputs = {
+                str(p.relative_to(tmp)): sha256_path(p)
+                for p in sorted(tmp.iterdir())
+                if p.name != MANIFEST
+            }
+            write_json(tmp / MANIFEST, self.manifest(outputs))
 
 
 # ---------------------------------------------------------------- workspace lock

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from coea_cli.llm.vocab import cluster_to_text, sid_tokens
+from coea_cli.workspace.sids import SidLayout
+from coea_cli.workspace.sids import cluster_token as cluster_to_text
 
-SID = sid_tokens(3, [8, 8, 4])
+SID = SidLayout((8, 8, 4)).tokens()
 GENRES = ["Comedy", "Drama", "Action", "Romance", "Horror", "Sci-Fi", "Western", "Musical"]
 TEXTS = [
     f"Film {i} ({1950 + i}) {GENRES[i % 8]}|{GENRES[(i * 3) % 8]}: a story of {GENRES[i % 5]}"

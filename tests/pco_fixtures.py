@@ -1,7 +1,8 @@
 """A tiny workspace ready for `pco-round`, built without the slower upstream commands.
 
 The SID and group artifacts are written directly in their documented schemas (genre-derived
-codes, groups by user id), which isolates the PCO loop from RQ-VAE and persona generation.
+codes with the SID layout in the metadata, groups by user id), which isolates the PCO loop from
+RQ-VAE and persona generation.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from coea_cli import store
+from coea_cli.workspace import SidLayout, sids_table
 from tests.helpers import coea
 from tests.synth import GENRES, make_log
 
@@ -30,7 +32,20 @@ def tiny_workspace(tmp, periods: str = "0.5,0.25,0.25", seed: int = 0):
     assert r.code == 0, r.stderr
     write_sids(work, seed)
     write_groups(work)
+    write_item_texts(work)
     return work
+
+
+def write_item_texts(work) -> None:
+    """items/item_text.parquet as tokenize-items writes it (the scratch backbone reads it)."""
+    items = store.read_parquet(work / "data" / "items.parquet").sort_by("item_id")
+    texts = [f"{t} ({', '.join(c or [])})" for t, c in zip(
+        items["title"].to_pylist(), items["categories"].to_pylist(), strict=True)]  # fmt: skip
+    (work / "items").mkdir(parents=True, exist_ok=True)
+    store.write_parquet(
+        work / "items" / "item_text.parquet",
+        pa.table({"item_id": items["item_id"], "text": pa.array(texts, pa.string())}),
+    )
 
 
 def write_sids(work, seed: int = 0) -> None:
@@ -40,21 +55,11 @@ def write_sids(work, seed: int = 0) -> None:
     c1 = np.array([GENRES.index(c[0]) if c else 0 for c in items["categories"].to_pylist()])
     c2 = rng.integers(0, 4, n)
     c3 = np.arange(n) % 8
-    sid = [f"<a_{a}><b_{b}><c_{c}><d_0>" for a, b, c in zip(c1, c2, c3, strict=True)]
+    codes = np.stack([c1, c2, c3, np.zeros(n, dtype=np.int64)], axis=1)
     folder = work / "sids"
     folder.mkdir(parents=True, exist_ok=True)
     store.write_parquet(
-        folder / "sids.parquet",
-        pa.table(
-            {
-                "item_id": pa.array(np.arange(n, dtype=np.int32)),
-                "c1": pa.array(c1.astype(np.int32)),
-                "c2": pa.array(c2.astype(np.int32)),
-                "c3": pa.array(c3.astype(np.int32)),
-                "dup": pa.array(np.zeros(n, dtype=np.int32)),
-                "sid": sid,
-            }
-        ),
+        folder / "sids.parquet", sids_table(codes, SidLayout((len(GENRES), 4, 8, 1)))
     )
     present = sorted(set(c1.tolist()))
     store.write_parquet(

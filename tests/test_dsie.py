@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,16 +19,11 @@ from hypothesis import strategies as st
 from coea_cli import store
 from coea_cli.dsie import data as D
 from coea_cli.dsie.baselines import masked_ranks, popularity_metrics
-from coea_cli.dsie.keys import (
-    encode_users,
-    keys_from_sequences,
-    load_model,
-    load_tables,
-    scores,
-    user_keys,
-)
+from coea_cli.dsie.infer import encode_histories, encode_users, load_model, scores
 from coea_cli.dsie.model import DSIE, DSIEConfig, local_attention
 from coea_cli.dsie.train import TrainConfig, Trainer
+from coea_cli.options import DsieOptions
+from coea_cli.workspace import History, SidLayout, UserSequences, Workspace, user_sequences
 from tests.helpers import coea
 from tests.test_groups import grouped, sids_workspace  # noqa: F401  (module fixture)
 
@@ -44,10 +40,9 @@ def tiny_model(seed=0, n_items=30, n_groups=3, **kw) -> DSIE:
         [torch.randint(0, 5, (n_items,), generator=g), torch.randint(0, 4, (n_items,), generator=g),
          torch.arange(n_items) % 3, torch.zeros(n_items, dtype=torch.long)], dim=1,
     )  # fmt: skip
-    cfg = DSIEConfig(
-        n_items=n_items, code_sizes=[5, 4, 3, 1], levels=3, n_groups=n_groups, persona_dim=8,
-        hidden=32, heads=2, long_len=16, short_len=4, dropout=0.0, **kw,
-    )  # fmt: skip
+    opts = DsieOptions(hidden=32, heads=2, long_len=16, short_len=4, dropout=0.0)
+    cfg = DSIEConfig.from_options(opts, n_items, SidLayout((5, 4, 3, 1)), (n_groups, 8))
+    cfg = DSIEConfig.from_dict({**cfg.to_dict(), **kw})
     torch.manual_seed(seed)
     return DSIE(cfg, codes, torch.randn(n_groups, 8, generator=g)).eval()
 
@@ -222,26 +217,15 @@ def test_splits():
     items = np.array([5, 6, 7, 8, 1, 2, 3])
     times = np.array([1, 2, 3, 4, 1, 2, 1])
     periods = np.array([0, 0, 1, 2, 0, 2, 0])
-    seqs = D.user_sequences(users, items, times, 3, periods, before_period=2)
+    h = History(users, items, times, periods, n_users=3, n_items=9, test_period=2)
+    seqs = h.before(2)
     assert [seqs.of(u).tolist() for u in range(3)] == [[5, 6, 7], [1], [3]]
     p = D.pipeline_split(seqs)
     assert p.val.users.tolist() == [0] and p.val.target.tolist() == [7]
     assert [s.tolist() for s in p.train] == [[5, 6], [1], [3]]
-    loo = D.loo_split(D.user_sequences(users, items, times, 3))
+    loo = D.loo_split(user_sequences(users, items, times, 3))
     assert loo.test.target.tolist() == [8] and loo.val.target.tolist() == [7]
     assert loo.test.history[0].tolist() == [5, 6, 7] and loo.train[0].tolist() == [5, 6]
-
-
-def test_keys_from_sequences():
-    seqs = D.UserSequences(np.array([0, 7, 7]), np.array([0, 1, 2, 1, 3, 0, 4]))
-    cluster = np.array([10, 11, 12, 13, 14])
-    keys = keys_from_sequences(seqs, np.array([2, 0]), cluster, recent=3).to_pylist()
-    # history clusters: 10 11 12 11 13 10 14 -> distinct by last occurrence: 12 11 13 10 14
-    assert keys[0] == {
-        "user_id": 0, "group": 2, "recent_clusters": [13, 10, 14],
-        "familiar_clusters": [10, 11, 12, 13, 14],
-    }  # fmt: skip
-    assert keys[1]["recent_clusters"] == [] and keys[1]["familiar_clusters"] == []
 
 
 def test_masked_ranks_and_popularity():
@@ -272,35 +256,33 @@ def test_train_dsie_outputs(trained):
     work, r = trained
     d = work / "dsie"
     assert r.json()["protocol"] == "pipeline" and r.json()["evaluated_on"] == "val"
-    for name in ("dsie.safetensors", "config.json", "user_states.safetensors", "user_keys.parquet"):
+    for name in ("dsie.safetensors", "config.json", "user_states.safetensors", "report.json"):
         assert (d / name).exists()
+    assert not (d / "user_keys.parquet").exists()  # serving keys are made by recommend
     report = json.loads((d / "report.json").read_text())
     assert "test period is never read" in report["protocol"]
     losses = [h["loss"] for h in report["training"]["history"]]
     assert losses[-1] < losses[0]
-    tables = load_tables(work)
-    states, _ = store.read_tensors(d / "user_states.safetensors")
-    assert states["fused"].shape == (tables.n_users, 32) and states["user_id"].dtype == np.int32
-    model = load_model(work)
-    again = encode_users(model, work, before_period=tables.test_period)
+    ws = Workspace(work)
+    h = ws.history()
+    states, meta = store.read_tensors(d / "user_states.safetensors")
+    assert states["fused"].shape == (h.n_users, 32) and states["user_id"].dtype == np.int32
+    assert meta["before_period"] == h.test_period and meta["interactions"] == len(h.users)
+    model = load_model(ws)
+    again = encode_users(model, h, ws.groups().of_user, before_period=h.test_period)
     for key in ("long", "short", "fused"):
         np.testing.assert_allclose(again[key], states[key], rtol=1e-5, atol=1e-5)
-    keys = pq.read_table(d / "user_keys.parquet")
-    assert keys.column_names == ["user_id", "group", "recent_clusters", "familiar_clusters"]
-    assert keys.equals(user_keys(work, before_period=tables.test_period))
-    groups = pq.read_table(work / "groups" / "groups.parquet")["group"].to_pylist()
-    assert keys["group"].to_pylist() == groups
-    # keys at an earlier cutoff read only the earlier periods
-    early = user_keys(tables, before_period=1).to_pylist()
-    inter = pq.read_table(work / "data" / "interactions.parquet").to_pylist()
-    for row in early[:10]:
-        seen = {
-            tables.item_cluster[x["item_id"]]
-            for x in inter
-            if x["user_id"] == row["user_id"] and x["period"] < 1
-        }
-        assert set(row["familiar_clusters"]) == seen
-        assert set(row["recent_clusters"]) <= seen and len(row["recent_clusters"]) <= 5
+    # states at an earlier cutoff read only the earlier periods (checked against a naive
+    # filter of the interactions table, one user at a time)
+    groups = ws.groups().of_user
+    early = encode_users(model, h, groups, before_period=1)
+    rows = pq.read_table(work / "data" / "interactions.parquet").to_pylist()
+    for u in sorted({r["user_id"] for r in rows if r["period"] >= 1})[:5]:
+        mine = sorted((r["timestamp"], i, r["item_id"]) for i, r in enumerate(rows))
+        naive = [item for t, i, item in mine if rows[i]["user_id"] == u and rows[i]["period"] < 1]
+        one = encode_histories(model, [np.array(naive, np.int64)], np.array([u]), groups)
+        np.testing.assert_allclose(early["fused"][u], one["fused"][0], atol=1e-5)
+    assert json.loads((d / "config.json").read_text())["sid_version"] == ws.sids().version
     rerun = coea("train-dsie", "--work", work, "--epochs", 3, *TINY)
     assert rerun.code == 0 and "up to date" in rerun.stderr
 
@@ -391,7 +373,7 @@ def _toy_problem(seed: int = 0):
     rng = np.random.default_rng(seed)
     seqs = [rng.integers(0, 30, rng.integers(3, 14)) for _ in range(24)]
     split = D.pipeline_split(
-        D.UserSequences(np.cumsum([0] + [len(s) for s in seqs]), np.concatenate(seqs))
+        UserSequences(np.cumsum([0] + [len(s) for s in seqs]), np.concatenate(seqs))
     )
     return split, D.training_windows(split.train, 16), rng.integers(0, 3, 24)
 
@@ -400,7 +382,8 @@ def _train_losses(rank: int, world: int) -> tuple[list[float], float]:
     """Per-step losses and a checksum of the final weights of a short training run."""
     _, windows, groups = _toy_problem()
     model = tiny_model(5)
-    cfg = TrainConfig(epochs=2, batch_size=8, lr=3e-3, warmup=2, seed=0)
+    base = TrainConfig.from_options(DsieOptions(), seed=0)
+    cfg = replace(base, epochs=2, batch_size=8, lr=3e-3, warmup=2)
     evals = []
 
     def improving(m):  # every epoch is "better": the final weights are kept

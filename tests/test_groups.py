@@ -22,6 +22,7 @@ from coea_cli.groups.personas import (
     template_persona,
 )
 from coea_cli.groups.plot import similarity_heatmap
+from coea_cli.workspace import SidLayout, sids_table
 from tests.helpers import coea, prepared_workspace
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -48,17 +49,11 @@ def write_sids(work: Path, levels: int = 3) -> None:
     for j, k in enumerate(keys):
         dup[j] = seen.get(k, 0)
         seen[k] = dup[j] + 1
-    letters = "abcdefgh"
-    sid = [
-        "".join(f"<{letters[lv]}_{c}>" for lv, c in enumerate([*k, dup[j]]))
-        for j, k in enumerate(keys)
-    ]
+    codes = np.stack([*cols, dup], axis=1)
+    layout = SidLayout(tuple(int(c.max()) + 1 for c in codes.T))
     folder = work / "sids"
     folder.mkdir(exist_ok=True)
-    table = {"item_id": pa.array(np.arange(n), pa.int32())}
-    table |= {f"c{lv + 1}": pa.array(c, pa.int32()) for lv, c in enumerate(cols)}
-    table |= {"dup": pa.array(dup, pa.int32()), "sid": sid}
-    pq.write_table(pa.table(table), folder / "sids.parquet")
+    pq.write_table(sids_table(codes, layout), folder / "sids.parquet")
     k = len(names)
     pq.write_table(
         pa.table(

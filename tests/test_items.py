@@ -280,7 +280,7 @@ def test_tokenize_items_bad_input(tmp_path):
     item[7] = 500
     store.write_parquet(path, inter.set_column(1, "item_id", pa.array(item.astype(np.int32))))
     r = coea("tokenize-items", "--work", work)
-    _assert_nothing_written(r, work, "row 7: column item_id = 500")
+    _assert_nothing_written(r, work, "row 7: column item_id = 500 is outside")
     # items whose ids are not dense
     path = work / "data" / "items.parquet"
     items = pq.read_table(path)

@@ -3,7 +3,7 @@ import json
 import torch
 
 from coea_cli.llm.prompts import answer_token_ids
-from coea_cli.llm.scratch import INFO_FILE, build_scratch_backbone
+from coea_cli.llm.scratch import INFO_FILE, ScratchSpec, build_scratch_backbone
 from tests.llm_fixtures import (
     DESCRIBE,
     SID,
@@ -18,21 +18,16 @@ def test_scratch_backbone_loads_like_a_local_model(tmp_path):
 
     calls = []
     texts = TEXTS + list(DESCRIBE.values())
+    spec = ScratchSpec(
+        hidden=32, layers=2, steps=40, vocab_size=350, heads=4, kv_heads=2, intermediate=64,
+        seq_len=64, batch_size=8, lr=5e-3,
+    )  # fmt: skip
     out = build_scratch_backbone(
         tmp_path / "backbone",
+        spec,
         texts=texts,
         sid_sequences=histories(),
         sid_tokens=SID,
-        vocab_size=350,
-        hidden=32,
-        layers=2,
-        heads=4,
-        kv_heads=2,
-        intermediate=64,
-        steps=40,
-        seq_len=64,
-        batch_size=8,
-        lr=5e-3,
         progress=lambda s, t, loss: calls.append((s, t, loss)),
     )
     files = {p.name for p in out.iterdir()}
@@ -65,17 +60,9 @@ def test_scratch_backbone_loads_like_a_local_model(tmp_path):
 
 
 def test_scratch_backbone_from_histories_only(tmp_path):
+    spec = ScratchSpec(hidden=32, layers=1, steps=3, intermediate=64, seq_len=32, batch_size=4)
     out = build_scratch_backbone(
-        tmp_path / "b",
-        texts=[],
-        sid_sequences=histories(5),
-        sid_tokens=SID,
-        hidden=32,
-        layers=1,
-        intermediate=64,
-        steps=3,
-        seq_len=32,
-        batch_size=4,
+        tmp_path / "b", spec, texts=[], sid_sequences=histories(5), sid_tokens=SID
     )
     info = json.loads((out / INFO_FILE).read_text())
     assert info["tokens"]["text"] == 0 and info["tokens"]["sid"] > 0 and info["steps"] == 3

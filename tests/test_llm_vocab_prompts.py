@@ -11,13 +11,10 @@ from coea_cli.llm.prompts import (
     novelty_prompt,
     relevance_prompt,
 )
-from coea_cli.llm.vocab import (
-    add_sid_tokens,
-    cluster_to_text,
-    cluster_token_ids,
-    sid_tokens,
-    text_to_cluster,
-)
+from coea_cli.llm.vocab import add_sid_tokens, cluster_token_ids
+from coea_cli.workspace.sids import SidLayout
+from coea_cli.workspace.sids import cluster_token as cluster_to_text
+from coea_cli.workspace.sids import parse_cluster as text_to_cluster
 from tests.llm_fixtures import (
     DESCRIBE,
     SID,
@@ -29,10 +26,10 @@ from tests.llm_fixtures import (
 
 
 def test_sid_tokens_names_and_order():
-    assert sid_tokens(2, 3) == ["<a_0>", "<a_1>", "<a_2>", "<b_0>", "<b_1>", "<b_2>"]
-    assert sid_tokens(3, [2, 1, 1]) == ["<a_0>", "<a_1>", "<b_0>", "<c_0>"]
+    assert SidLayout((3, 3)).tokens() == ["<a_0>", "<a_1>", "<a_2>", "<b_0>", "<b_1>", "<b_2>"]
+    assert SidLayout((2, 1, 1)).tokens() == ["<a_0>", "<a_1>", "<b_0>", "<c_0>"]
     with pytest.raises(ValueError):
-        sid_tokens(2, [4])
+        SidLayout((4,))  # a layout has at least one level and the dedup level
 
 
 @given(st.lists(st.integers(0, 4095), min_size=1, max_size=5))

@@ -23,13 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 
-from coea_cli.clusters import distinct_last, recent_distinct
-from coea_cli.pco.context import (
-    World,
-    banned,
-    cluster_popularity,
-    context_of,
-)
+from coea_cli.llm.context import World, banned, cluster_popularity, context_of
 from coea_cli.pco.examples import (
     period_users,
     relevance_labels,
@@ -44,6 +38,8 @@ from coea_cli.pco.scoring import (
     rerank,
     sampled_top,
 )
+from coea_cli.workspace import History, UserSequences
+from coea_cli.workspace.history import distinct_last, recent_distinct
 
 LOG = [
     (0, 0, 0),
@@ -66,23 +62,32 @@ GROUP_OF = {0: 0, 1: 1, 3: 1}  # user 2 has no group
 def make_world(log=LOG, item_cluster=ITEM_CLUSTER, group_of=None, persona=None) -> World:
     ic = np.asarray(item_cluster, dtype=np.int64)
     arr = np.asarray(log, dtype=np.int64).reshape(-1, 3)
-    return World(
+    n_users = int(arr[:, 0].max()) + 1 if len(arr) else 0
+    groups = np.full(n_users, -1, dtype=np.int64)  # -1: no group
+    for u, g in (GROUP_OF if group_of is None else group_of).items():
+        if u < n_users:
+            groups[u] = g
+    history = History(
         users=arr[:, 0].copy(),
         items=arr[:, 1].copy(),
+        times=np.arange(len(arr)),  # the log is in time order
         periods=arr[:, 2].copy(),
+        n_users=n_users,
+        n_items=len(ic),
+        test_period=int(arr[:, 2].max()) if len(arr) else 0,
+    )
+    return World(
+        history=history,
         item_cluster=ic,
         n_clusters=int(ic.max()) + 1,
         describe={(int(c),): f"cluster {c}" for c in np.unique(ic)},
-        group_of=dict(GROUP_OF if group_of is None else group_of),
+        group_of=groups,
         persona=dict(PERSONA if persona is None else persona),
-        test_period=int(arr[:, 2].max()) if len(arr) else 0,
-        n_users=int(arr[:, 0].max()) + 1 if len(arr) else 0,
-        n_items=len(ic),
     )
 
 
-def seqs_as_lists(seqs: dict[int, np.ndarray]) -> dict[int, list[int]]:
-    return {u: s.tolist() for u, s in seqs.items()}
+def seqs_as_lists(seqs: UserSequences) -> dict[int, list[int]]:
+    return {int(u): seqs.of(u).tolist() for u in seqs.users()}
 
 
 # ---------------------------------------------------------------- naive references
@@ -124,24 +129,24 @@ def random_logs(draw, max_users=6, max_items=10, max_periods=4, max_rows=40):
     return rows, item_cluster
 
 
-# ---------------------------------------------------------------- World.sequences
+# ---------------------------------------------------------------- History.before / during
 
 
 def test_sequences_hand_world():
     w = make_world()
-    assert seqs_as_lists(w.sequences(1)) == {0: [0, 2, 1], 1: [2, 4], 2: [6]}
-    assert seqs_as_lists(w.sequences(2)) == {0: [0, 2, 1, 4], 1: [2, 4, 3], 2: [6]}
-    assert seqs_as_lists(w.sequences(3)) == {
+    assert seqs_as_lists(w.history.before(1)) == {0: [0, 2, 1], 1: [2, 4], 2: [6]}
+    assert seqs_as_lists(w.history.before(2)) == {0: [0, 2, 1, 4], 1: [2, 4, 3], 2: [6]}
+    assert seqs_as_lists(w.history.before(3)) == {
         0: [0, 2, 1, 4, 7],
         1: [2, 4, 3],
         2: [6, 5],
         3: [6],
     }
-    assert seqs_as_lists(w.sequences(0, only_period=1)) == {0: [4], 1: [3]}
+    assert seqs_as_lists(w.history.during(1)) == {0: [4], 1: [3]}
     # only_period wins over before_period
-    assert seqs_as_lists(w.sequences(1, only_period=2)) == {0: [7], 2: [5], 3: [6]}
-    assert w.sequences(0) == {}
-    assert w.sequences(0, only_period=9) == {}
+    assert seqs_as_lists(w.history.during(2)) == {0: [7], 2: [5], 3: [6]}
+    assert seqs_as_lists(w.history.before(0)) == {}
+    assert seqs_as_lists(w.history.during(9)) == {}
 
 
 @settings(max_examples=40, deadline=None)
@@ -149,9 +154,8 @@ def test_sequences_hand_world():
 def test_sequences_match_naive(data, before, only):
     log, ic = data
     w = make_world(log, ic)
-    got = w.sequences(before, only_period=only)
+    got = w.history.during(only) if only is not None else w.history.before(before)
     assert seqs_as_lists(got) == naive_sequences(log, before, only)
-    assert all(isinstance(u, int) for u in got)
 
 
 # ---------------------------------------------------------------- distinct_last / banned
@@ -292,7 +296,8 @@ def one_user_world(clusters_of_seq):
     """A world whose single user 0 consumes one fresh item per position, with the given clusters."""
     n = len(clusters_of_seq)
     log = [(0, i, 0) for i in range(n)]
-    return make_world(log, list(clusters_of_seq)), {0: np.arange(n, dtype=np.int64)}
+    w = make_world(log, list(clusters_of_seq))
+    return w, w.history.before(1)
 
 
 def test_transitions_hand_all_cuts():
@@ -378,7 +383,7 @@ def test_transitions_properties(seed, min_history, window, per_user, cap, use_ds
     for _ in range(60):
         log.append((int(gen.integers(n_users)), int(gen.integers(n_items)), 0))
     w = make_world(log, item_cluster)
-    seqs = w.sequences(1)
+    seqs = w.history.before(1)
     trans = transitions(
         w,
         seqs,
@@ -393,7 +398,7 @@ def test_transitions_properties(seed, min_history, window, per_user, cap, use_ds
     assert all(n <= per_user for n in per_user_count.values())
     assert all(n <= cap for n in Counter(t.target for t in trans).values())
     for tr in trans:
-        seq = seqs[tr.user].tolist()
+        seq = seqs.of(tr.user).tolist()
         # novelty: the target was never seen before the cut, but is engaged after it
         assert tr.target not in tr.banned
         assert tr.target in tr.engaged
@@ -430,7 +435,7 @@ def test_transitions_no_leakage_distinct_items():
     )
     assert trans
     for tr in trans:
-        cuts = _find_cut(w, seqs[0].tolist(), tr, 5, 3, True)
+        cuts = _find_cut(w, seqs.of(0).tolist(), tr, 5, 3, True)
         assert cuts, tr
         t = cuts[0]
         before = set(item_cluster[:t])
@@ -449,7 +454,7 @@ def test_relevance_labels(seed, negatives):
     item_cluster = gen.integers(0, 8, 16).tolist()
     log = [(int(gen.integers(5)), int(gen.integers(16)), 0) for _ in range(50)]
     w = make_world(log, item_cluster)
-    trans = transitions(w, w.sequences(1), min_history=2, window=4, rng=gen)
+    trans = transitions(w, w.history.before(1), min_history=2, window=4, rng=gen)
     clusters = w.clusters()
     rows = relevance_labels(trans, clusters, np.random.default_rng(seed), negatives=negatives)
     # rows are grouped per transition: the positive first, then its negatives

@@ -331,7 +331,7 @@ def test_manifest_noop_and_force(tmp_path):
     assert set(manifest["outputs"]) == {
         "interactions.parquet", "items.parquet", "users.parquet", "dataset.json",
     }  # fmt: skip
-    assert str(src) in manifest["inputs"] and "versions" in manifest
+    assert set(manifest["inputs"]) == {"source"} and "versions" in manifest
     mtime = (work / "data" / "interactions.parquet").stat().st_mtime_ns
     assert _prepare(work, *args)["status"] == "up to date"
     assert (work / "data" / "interactions.parquet").stat().st_mtime_ns == mtime
@@ -350,7 +350,7 @@ def test_config_file_supplies_defaults(tmp_path):
     from coea_cli.config import load_default_map
 
     r = coea("prepare", "--source", src, "--format", "ml-100k", "--json",
-             default_map=load_default_map(str(cfg), ["prepare"]))  # fmt: skip
+             default_map=load_default_map(str(cfg)))  # fmt: skip
     assert r.code == 0, r.stderr
     assert len(r.json()["periods"]) == 3
     assert (tmp_path / "cw" / "data" / "dataset.json").exists()

@@ -128,10 +128,9 @@ def test_bad_shard_and_ratio(trained):
 
 def test_bad_list_options(trained):
     before = sorted(p.name for p in trained.iterdir())
-    for cmd in ("recommend", "evaluate"):
-        for opt, value in (("--n", 0), ("--top-m", 0), ("--temperature", 0), ("--key-recent", -1)):
-            r = coea(cmd, opt, value, "--work", trained)
-            assert r.code == 2 and opt in r.stderr, (cmd, opt, r.stderr)
+    for opt, value in (("--n", 0), ("--top-m", 0), ("--temperature", 0), ("--key-recent", -1)):
+        r = coea("recommend", opt, value, "--work", trained)
+        assert r.code == 2 and opt in r.stderr, (opt, r.stderr)
     r = coea("recommend", "--k", 0, "--work", trained)
     assert r.code == 2 and "--k" in r.stderr
     assert sorted(p.name for p in trained.iterdir()) == before
@@ -145,7 +144,10 @@ def test_rerun_is_a_noop(trained):
 
 
 def test_evaluate_reports_every_system(trained):
-    r = coea("evaluate", "--n", 4, "--work", trained, "--json")
+    r = coea("evaluate", "--ks", "5,10,20", "--work", trained)
+    assert r.code == 2 and "the lists hold 10 items, --ks needs 20" in r.stderr
+    assert "run `coea recommend --k 20` first" in r.stderr
+    r = coea("evaluate", "--ks", "5,10", "--work", trained, "--json")
     assert r.code == 0, r.stderr
     report = r.json()
     assert report["protocol"].startswith("Protocol: full ranking")
@@ -175,11 +177,11 @@ def test_evaluate_reports_every_system(trained):
 
 
 def test_evaluate_ks():
-    from coea_cli.evaluation.run import parse_ks
+    from coea_cli.options import EvaluateOptions
 
-    assert parse_ks("5,10,20") == (5, 10, 20)
-    assert parse_ks("20,5") == (5, 10, 20)  # the table's @10 is always computed
-    assert parse_ks("3, 3,") == (3, 10)
+    assert EvaluateOptions(ks="5,10,20").cutoffs() == (5, 10, 20)
+    assert EvaluateOptions(ks="20,5").cutoffs() == (5, 10, 20)  # @10 is always computed
+    assert EvaluateOptions(ks="3, 3,").cutoffs() == (3, 10)
 
 
 def test_evaluate_bad_ks_is_bad_input(trained):

@@ -4,14 +4,31 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coea_cli.pco.context import World
+from coea_cli.llm.context import World
+from coea_cli.recs import lists
 from coea_cli.recs.candidates import Candidate, key_context, key_of, key_seed
-from coea_cli.recs.lists import RECORD, SOURCES, ListOptions, clusters_to_items, user_list
+from coea_cli.recs.lists import RECORD, SOURCES, clusters_to_items
+from coea_cli.workspace import History
+
+
+@dataclass(frozen=True)
+class ListOptions:
+    """The three list settings, bundled for these tests."""
+
+    k: int = 20
+    top_m: int = 3
+    explore_ratio: float = 1.0
+
+
+def user_list(*args):
+    *rest, opt = args
+    return lists.user_list(*rest, k=opt.k, top_m=opt.top_m, explore_ratio=opt.explore_ratio)
 
 
 def cands(*clusters: int) -> list[Candidate]:
@@ -280,18 +297,14 @@ def test_key_seed_through_key_of_ignores_integer_types():
 
 
 def _world() -> World:
+    empty = np.zeros(0, np.int64)
     return World(
-        users=np.zeros(0, np.int64),
-        items=np.zeros(0, np.int64),
-        periods=np.zeros(0, np.int64),
+        history=History(empty, empty, empty, empty, n_users=0, n_items=3, test_period=1),
         item_cluster=np.array([0, 1, 2]),
         n_clusters=3,
         describe={},
-        group_of={},
+        group_of=empty,
         persona={0: "night owls", 2: "critics"},
-        test_period=1,
-        n_users=0,
-        n_items=3,
     )
 
 
@@ -316,13 +329,13 @@ def test_key_candidates_judged_draws_then_reserve(monkeypatch):
     import torch
 
     from coea_cli.llm import decoding
-    from coea_cli.pco.scoring import Prompter
+    from coea_cli.llm.context import Prompter
     from coea_cli.recs.candidates import key_candidates
 
     n_clusters = 6
     w = _world()
     w.item_cluster = np.arange(n_clusters)
-    w.n_clusters = w.n_items = n_clusters
+    w.n_clusters = w.history.n_items = n_clusters
     # Novelty: cluster 0 likeliest, then 1, 2, ...; cluster 5 impossible
     logp = torch.log(torch.tensor([0.4, 0.3, 0.15, 0.1, 0.05, 0.0]))
     monkeypatch.setattr(

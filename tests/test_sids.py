@@ -11,11 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coea_cli import sids, store
+from coea_cli import store
+from coea_cli.errors import ArtifactError
+from coea_cli.options import SidOptions
 from coea_cli.sids import clusters, collisions, kmeans
-from coea_cli.sids.index import SidIndex, write_index
 from coea_cli.sids.rqvae import RQConfig, rq_kmeans, train_rqvae
-from coea_cli.sids.run import auto_codebook_size, auto_epochs, build_codes
+from coea_cli.sids.run import auto_codebook_size, build_codes
+from coea_cli.workspace import SidLayout, Workspace, cluster_token
 from tests.helpers import coea, prepared_workspace
 
 TINY = ["--hidden", "32", "--latent-dim", "8", "--epochs", "15", "--batch-size", "32"]
@@ -211,36 +213,13 @@ def test_auto_rules():
     assert [auto_codebook_size(n) for n in (2, 80, 1349, 1682, 10_000, 100_000, 10**7)] == [
         2, 8, 32, 32, 128, 256, 256,
     ]  # fmt: skip
-    assert [auto_epochs(n) for n in (80, 1349, 100_000)] == [200, 112, 10]
-    assert sids.cluster_token((12, 7)) == "<a_12><b_7>"
-    assert sids.sid_strings(np.array([[3, 1, 0], [0, 2, 1]])) == [
+    assert [SidOptions().max_epochs(n) for n in (80, 1349, 100_000)] == [200, 112, 10]
+    assert SidOptions(epochs="7").max_epochs(100) == 7
+    assert cluster_token((12, 7)) == "<a_12><b_7>"
+    assert SidLayout((4, 3, 2)).strings(np.array([[3, 1, 0], [0, 2, 1]])) == [
         "<a_3><b_1><c_0>",
         "<a_0><b_2><c_1>",
     ]
-
-
-def test_index_round_trip(tmp_path):
-    rng = np.random.default_rng()
-    n = 300
-    codes = np.concatenate([rng.integers(0, 5, (n, 2)), np.zeros((n, 1), int)], 1)
-    codes[:, 2] = collisions.dedup_level(codes[:, :2], rng.normal(size=(n, 2)), np.zeros((5, 2)))
-    sid = sids.sid_strings(codes)
-    meta = {"levels": 2, "sizes": [5, 5, int(codes[:, 2].max()) + 1], "letters": ["a", "b", "c"]}
-    ids = np.arange(n)
-    n_rec = write_index(tmp_path / "idx.lmdb", ids, codes, sid, meta)
-    prefixes = len(np.unique(codes[:, 0])) + len(np.unique(codes[:, :2], axis=0))
-    assert n_rec == 2 * n + prefixes + 1
-    with SidIndex(tmp_path / "idx.lmdb") as idx:
-        for i in rng.choice(n, 30, replace=False):
-            assert idx.sid_of(i) == sid[i] and idx.item_of(sid[i]) == i
-        for c in range(5):
-            np.testing.assert_array_equal(idx.items_in((c,)), np.flatnonzero(codes[:, 0] == c))
-            np.testing.assert_array_equal(
-                idx.items_in(f"<a_{c}><b_1>"),
-                np.flatnonzero((codes[:, 0] == c) & (codes[:, 1] == 1)),
-            )
-        assert idx.item_of("<a_99>") is None and len(idx.items_in("<a_99>")) == 0
-        assert idx.meta() == meta
 
 
 # ---------------------------------------------------------------- the command
@@ -293,14 +272,16 @@ def test_build_sids_outputs(built):
     assert report["collisions"]["rate_before_dedup"] <= report["collisions"]["rate_from_quantiser"]
     coh = report["genre_coherence"]
     assert coh["method"] == "exact" and coh["ratio"] > 1.5  # genre-driven vectors
-    # helpers used by other commands
-    codes, meta = sids.load_sids(work)
-    assert codes.shape == (n, 4) and codes.dtype == np.int32
-    assert meta["sizes"] == report["codebook_sizes"] and meta["letters"] == report["letters"]
+    # what other stages read, through the workspace layer
+    loaded = Workspace(work).sids()
+    codes = loaded.codes
+    assert codes.shape == (n, 4) and codes.dtype == np.int64
+    assert list(loaded.layout.sizes) == report["codebook_sizes"]
+    assert loaded.layout.meta()["letters"] == report["letters"]
     np.testing.assert_array_equal(codes[:, 0], t["c1"].to_numpy())
-    np.testing.assert_array_equal(sids.cluster_of_items(work), codes[:, 0])
-    np.testing.assert_array_equal(sids.cluster_of_items(work, 2), codes[:, 0] * 8 + codes[:, 1])
-    desc = sids.load_cluster_descriptions(work)
+    np.testing.assert_array_equal(loaded.cluster_of_items(), codes[:, 0])
+    assert loaded.strings() == t["sid"].to_pylist()
+    desc = loaded.descriptions
     cl = pq.read_table(work / "sids" / "clusters.parquet").to_pylist()
     assert [c["cluster"] for c in cl] == list(range(8)) and len(desc) == 8
     for c in cl:
@@ -308,11 +289,7 @@ def test_build_sids_outputs(built):
         assert c["size"] == int((codes[:, 0] == c["cluster"]).sum())
         if c["size"]:
             assert desc[c["cluster"]].startswith(", ".join(c["top_categories"]) + ": ")
-    with SidIndex(work / "sids" / "sid_index.lmdb") as idx:
-        for r in rows:
-            assert idx.sid_of(r["item_id"]) == r["sid"] and idx.item_of(r["sid"]) == r["item_id"]
-        for c in range(8):
-            np.testing.assert_array_equal(idx.items_in((c,)), np.flatnonzero(codes[:, 0] == c))
+    assert not (work / "sids" / "sid_index.lmdb").exists()  # nothing reads an index
     _, tmeta = store.read_tensors(work / "sids" / "rqvae.safetensors")
     assert tmeta["method"] == "rqvae" and tmeta["config"]["hidden"] == [32]
 
@@ -344,8 +321,9 @@ def test_build_sids_rq_kmeans(built, tmp_path):
     r = coea("build-sids", "--work", other, "--method", "rq-kmeans", "--levels", 2,
              "--codebook-size", "6,4", "--json")  # fmt: skip
     assert r.code == 0, r.stderr
-    codes, meta = sids.load_sids(other)
-    assert meta["sizes"][:2] == [6, 4] and meta["method"] == "rq-kmeans"
+    loaded = Workspace(other).sids()
+    codes, layout = loaded.codes, loaded.layout
+    assert layout.sizes[:2] == (6, 4) and layout.method == "rq-kmeans"
     assert len(np.unique(codes, axis=0)) == len(codes)
     assert codes[:, 0].max() < 6 and codes[:, 1].max() < 4
 
@@ -365,7 +343,7 @@ def _expect_bad(work, match, *args):
 
 def test_build_sids_bad_input(tmp_path):
     work = prepared_workspace(tmp_path)
-    _expect_bad(work, "item_emb.safetensors: run `coea tokenize-items` first")
+    _expect_bad(work, "item_emb.safetensors: missing; run `coea tokenize-items` first")
     _expect_bad(tmp_path / "empty", "run `coea prepare` first")
     x = _embed_workspace(work)
     n = len(x)
@@ -377,39 +355,23 @@ def test_build_sids_bad_input(tmp_path):
     bad[5, 3] = np.nan
     bad[9, 0] = np.inf
     store.write_tensors(path, {"item_id": np.arange(n, dtype=np.int32), "fused": bad})
-    _expect_bad(work, "NaN/Inf in 2 row(s), first at row 5")
+    _expect_bad(work, "'fused' has NaN/Inf in row 5 (item 5)")
     ids = np.arange(n, dtype=np.int32)
     ids[[4, 6]] = ids[[6, 4]]
     store.write_tensors(path, {"item_id": ids, "fused": x})
     _expect_bad(work, "row 4 has item_id 6")
     store.write_tensors(path, {"item_id": np.arange(n - 1, dtype=np.int32), "fused": x[:-1]})
-    _expect_bad(work, f"{n - 1} item ids / {n - 1} rows, but data/items.parquet has {n} items")
+    _expect_bad(work, f"{n - 1} rows, but data/items.parquet has {n} items")
     store.write_tensors(path, {"item_id": np.arange(n, dtype=np.int32), "content": x})
     _expect_bad(work, "no tensor 'fused'")
 
 
-def test_load_sids_without_metadata(tmp_path):
-    import pyarrow as pa
-
-    rng = np.random.default_rng()
-    n = 50
-    codes = np.stack([rng.integers(0, 6, n), rng.integers(0, 4, n), np.zeros(n, int)], 1)
-    order = rng.permutation(n)  # rows in any order
-    folder = tmp_path / "sids"
-    folder.mkdir()
-    cols = {"item_id": pa.array(order.astype(np.int32))}
-    cols |= {
-        c: pa.array(codes[order, j].astype(np.int32)) for j, c in enumerate(["c1", "c2", "dup"])
-    }
-    pq.write_table(pa.table(cols), folder / "sids.parquet")
-    got, meta = sids.load_sids(tmp_path)
-    np.testing.assert_array_equal(got, codes)
-    assert meta["levels"] == 2 and meta["letters"] == ["a", "b", "c"]
-    assert meta["sizes"] == [int(codes[:, 0].max()) + 1, int(codes[:, 1].max()) + 1, 1]
-    np.testing.assert_array_equal(
-        sids.cluster_of_items(tmp_path, 2), codes[:, 0] * meta["sizes"][1] + codes[:, 1]
-    )
-    from coea_cli.errors import BadInput
-
-    with pytest.raises(BadInput, match=r"cluster levels must be 1\.\.2"):
-        sids.cluster_of_items(tmp_path, 3)
+def test_sids_without_layout_metadata_are_refused(built, tmp_path):
+    """The layout is read from the artifact, never re-derived from column names."""
+    work, _ = built
+    other = tmp_path / "w"
+    shutil.copytree(work, other)
+    path = other / "sids" / "sids.parquet"
+    pq.write_table(pq.read_table(path).replace_schema_metadata({}), path)
+    with pytest.raises(ArtifactError, match="no valid SID layout metadata; run `coea build-sids`"):
+        Workspace(other).sids()

@@ -15,10 +15,10 @@ from coea_cli.errors import MissingArtifact, WorkspaceLocked
 
 def test_stage_interrupted_keeps_old_folder(tmp_path):
     folder = tmp_path / "art"
-    with store.stage(folder, "cmd", {"a": 1}) as st:
-        (st.tmp / "x.txt").write_text("old")
-    with pytest.raises(RuntimeError), store.stage(folder, "cmd", {"a": 2}) as st:
-        (st.tmp / "x.txt").write_text("new")
+    with store.Stage(folder, "cmd", {"a": 1}, []).write() as tmp:
+        (tmp / "x.txt").write_text("old")
+    with pytest.raises(RuntimeError), store.Stage(folder, "cmd", {"a": 2}, []).write() as tmp:
+        (tmp / "x.txt").write_text("new")
         raise RuntimeError("killed halfway")
     assert (folder / "x.txt").read_text() == "old"
     assert store.read_json(folder / "manifest.json")["options"] == {"a": 1}
@@ -27,8 +27,8 @@ def test_stage_interrupted_keeps_old_folder(tmp_path):
 
 def test_recover_after_crash_between_renames(tmp_path):
     folder = tmp_path / "art"
-    with store.stage(folder, "cmd", {}) as st:
-        (st.tmp / "x.txt").write_text("old")
+    with store.Stage(folder, "cmd", {}, []).write() as tmp:
+        (tmp / "x.txt").write_text("old")
     # Simulate a kill after the old folder was moved aside but before the new one arrived.
     os.replace(folder, tmp_path / ".old-art")
     store.recover(folder)
@@ -56,8 +56,8 @@ def test_up_to_date_tracks_options_inputs_outputs(tmp_path):
     src = tmp_path / "in.txt"
     src.write_text("a")
     folder = tmp_path / "art"
-    with store.stage(folder, "cmd", {"k": 1}, [src], seed=3) as st:
-        (st.tmp / "out.txt").write_text("o")
+    with store.Stage(folder, "cmd", {"k": 1}, [src], seed=3).write() as tmp:
+        (tmp / "out.txt").write_text("o")
     assert store.Stage(folder, "cmd", {"k": 1}, [src], 3).up_to_date()
     assert not store.Stage(folder, "cmd", {"k": 2}, [src], 3).up_to_date()
     assert not store.Stage(folder, "cmd", {"k": 1}, [src], 4).up_to_date()

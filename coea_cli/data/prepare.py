@@ -24,30 +24,6 @@ class Prepared:
     stats: dict = field(default_factory=dict)
 
 
-def parse_periods(spec: str) -> list[float]:
-    """`0.5,0.1,0.1,0.1,0.1,0.1` (fractions summing to 1) or `N` (N equal slices)."""
-    spec = str(spec).strip()
-    if "," not in spec and "." not in spec:
-        try:
-            n = int(spec)
-        except ValueError:
-            raise BadInput(
-                f"--periods: expected N or a comma list of fractions, got {spec!r}"
-            ) from None
-        if n < 2:
-            raise BadInput("--periods: need at least 2 periods (training and test)")
-        return [1.0 / n] * n
-    try:
-        fracs = [float(x) for x in spec.split(",")]
-    except ValueError:
-        raise BadInput(f"--periods: not a list of numbers: {spec!r}") from None
-    if len(fracs) < 2 or any(f <= 0 for f in fracs):
-        raise BadInput("--periods: need at least 2 positive fractions")
-    if abs(sum(fracs) - 1.0) > 1e-6:
-        raise BadInput(f"--periods: fractions sum to {sum(fracs):.6g}, not 1")
-    return fracs
-
-
 def _codes(col) -> np.ndarray:
     """Factorise a column into int32 codes (0..n-1 in order of first appearance)."""
     col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
@@ -127,18 +103,18 @@ def period_bounds(ts_sorted: np.ndarray, fracs: list[float]) -> np.ndarray:
 def prepare_log(
     raw: RawLog,
     *,
-    min_user: int = 5,
-    min_item: int = 5,
-    rating_threshold: float | None = None,
-    dedup: bool = True,
-    periods: str = "0.5,0.1,0.1,0.1,0.1,0.1",
+    min_user: int,
+    min_item: int,
+    rating_threshold: float | None,
+    dedup: bool,
+    fractions: list[float],
 ) -> Prepared:
     """Filter, renumber and split a raw log. Consumes `raw.interactions` to save memory.
 
     The log is sorted by time once (stable, so ties keep file order); every filter then
     works on the sorted arrays, and dense ids follow the order of first appearance in time.
     """
-    fracs = parse_periods(periods)
+    fracs = fractions
     t = raw.interactions
     raw.interactions = None
     if t.num_rows == 0:

@@ -10,47 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-PROTOCOLS = ("pipeline", "loo")
-
-
-@dataclass
-class UserSequences:
-    """Each user's items in time order (CSR layout: items[ptr[u]:ptr[u + 1]])."""
-
-    ptr: np.ndarray  # [U + 1] int64
-    items: np.ndarray  # [nnz] int64
-
-    @property
-    def n_users(self) -> int:
-        return len(self.ptr) - 1
-
-    def of(self, u: int) -> np.ndarray:
-        return self.items[self.ptr[u] : self.ptr[u + 1]]
-
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.ptr)
-
-
-def user_sequences(
-    users: np.ndarray,
-    items: np.ndarray,
-    timestamps: np.ndarray,
-    n_users: int,
-    periods: np.ndarray | None = None,
-    before_period: int | None = None,
-) -> UserSequences:
-    """Group interactions by user in time order (ties keep table order).
-
-    With `before_period`, only interactions of earlier periods are used.
-    """
-    keep = np.ones(len(users), dtype=bool)
-    if before_period is not None and periods is not None:
-        keep = periods < before_period
-    u, i, t = users[keep].astype(np.int64), items[keep].astype(np.int64), timestamps[keep]
-    order = np.lexsort((np.arange(len(u)), t, u))
-    counts = np.bincount(u, minlength=n_users)
-    ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return UserSequences(ptr, i[order])
+from coea_cli.workspace.history import UserSequences
 
 
 @dataclass

@@ -25,27 +25,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-BRANCHES = ("both", "long", "short")
+from coea_cli.options import Branches, DsieOptions
+from coea_cli.workspace import SidLayout
+
+BRANCHES = tuple(str(b) for b in Branches)
 
 
 @dataclass
 class DSIEConfig:
+    """The model's shape. Options-backed fields come from `from_options` (their defaults are
+    defined once, in `DsieOptions`)."""
+
     n_items: int
     code_sizes: list[int]  # codebook size of each SID column (levels, then dedup)
     levels: int  # SID levels with an auxiliary next-code loss (the dedup column excluded)
-    n_groups: int = 0
-    persona_dim: int = 0
-    hidden: int = 64
-    heads: int = 2
-    long_layers: int = 2
-    short_layers: int = 1
-    long_len: int = 200
-    short_len: int = 10
-    dropout: float = 0.2
-    item_embedding: bool = True
-    branches: str = "both"
-    use_group: bool = True
-    backend: str = "auto"  # coea_kernels.attention backend
+    n_groups: int
+    persona_dim: int
+    hidden: int
+    heads: int
+    long_layers: int
+    short_layers: int
+    long_len: int
+    short_len: int
+    dropout: float
+    item_embedding: bool
+    branches: str
+    use_group: bool
+    backend: str  # coea_kernels.attention backend
     mlp_ratio: int = 2  # MLP hidden size = mlp_ratio x hidden
     gate_init: float = (
         0.0  # initial gate bias: sigmoid(gate_init) = initial weight of the long state
@@ -66,6 +72,29 @@ class DSIEConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_options(
+        cls, o: DsieOptions, n_items: int, layout: SidLayout, persona_shape: tuple[int, int]
+    ) -> DSIEConfig:
+        return cls(
+            n_items=n_items,
+            code_sizes=list(layout.sizes),
+            levels=layout.levels,
+            n_groups=int(persona_shape[0]),
+            persona_dim=int(persona_shape[1]),
+            hidden=o.hidden,
+            heads=o.heads,
+            long_layers=o.long_layers,
+            short_layers=o.short_layers,
+            long_len=o.long_len,
+            short_len=o.short_len,
+            dropout=o.dropout,
+            item_embedding=o.item_embedding,
+            branches=str(o.branches),
+            use_group=o.group,
+            backend=str(o.backend),
+        )
 
     @classmethod
     def from_dict(cls, d: dict) -> DSIEConfig:

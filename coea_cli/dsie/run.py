@@ -1,35 +1,26 @@
-"""The `train-dsie` command: split, train (or resume), evaluate, write states and keys."""
+"""The `train-dsie` command: split, train (or resume), evaluate, write the model and states."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from coea_cli import console, store
-from coea_cli.common import Ctx, skip_if_fresh
-from coea_cli.data.run import data_paths
+from coea_cli.common import Ctx
 from coea_cli.dsie.baselines import item_counts, popularity_metrics
-from coea_cli.dsie.data import PROTOCOLS, Split, loo_split, pipeline_split, training_windows
-from coea_cli.dsie.keys import (
-    Tables,
-    encode_histories,
-    evaluate_ranking,
-    keys_from_sequences,
-    load_tables,
-)
-from coea_cli.dsie.model import BRANCHES, DSIE, DSIEConfig
+from coea_cli.dsie.data import Split, loo_split, pipeline_split, training_windows
+from coea_cli.dsie.infer import encode_histories, evaluate_ranking
+from coea_cli.dsie.model import DSIE, DSIEConfig
 from coea_cli.dsie.train import TrainConfig, Trainer, fingerprint, init_distributed
 from coea_cli.errors import BadInput
-from coea_cli.groups.run import group_paths, load_groups, load_item_codes, sid_paths
+from coea_cli.options import DsieOptions, Protocol
+from coea_cli.workspace import Dir, History, UserSequences, Workspace
 
 COMMAND = "train-dsie"
-STOP_METRICS = ("ndcg", "mrr", "ndcg@10", "hr@10", "ndcg@20", "hr@20")
-# Options that change how the command runs, not what it writes.
-NOT_RECORDED = ("resume",)
 # Ablations trained by --compare, as overrides of the main options.
 VARIANTS = {
     "short-only (SASRec, last short-len items)": {"branches": "short", "use_group": False},
@@ -38,35 +29,19 @@ VARIANTS = {
 }
 
 
-def out_name(o: dict) -> str:
-    return o["out"] or ("dsie" if o["protocol"] == "pipeline" else "dsie-loo")
+@dataclass
+class Inputs:
+    """What training reads from the workspace."""
+
+    history: History
+    groups: np.ndarray  # [U] group of each user
+    persona: np.ndarray  # [G, d]
+    codes: np.ndarray  # [N, L+1]
+    sid_version: str
 
 
-def _check(o: dict) -> None:
-    if o["protocol"] not in PROTOCOLS:
-        raise BadInput(f"--protocol must be one of {', '.join(PROTOCOLS)}")
-    if o["branches"] not in BRANCHES:
-        raise BadInput(f"--branches must be one of {', '.join(BRANCHES)}")
-    if o["backend"] not in ("auto", "triton", "torch"):
-        raise BadInput("--backend must be auto, triton or torch")
-    positive = ("epochs", "batch_size", "hidden", "heads", "long_len", "short_len", "eval_every")
-    positive += ("patience", "negatives", "recent")
-    for name in positive:
-        if o[name] < 1:
-            raise BadInput(f"--{name.replace('_', '-')} must be >= 1 (got {o[name]})")
-    if o["hidden"] % o["heads"] or not 16 <= o["hidden"] // o["heads"] <= 128:
-        raise BadInput("--hidden / --heads must be a whole head size between 16 and 128")
-    if not 0 <= o["dropout"] < 1:
-        raise BadInput("--dropout must be in [0, 1)")
-    if o["lr"] <= 0:
-        raise BadInput("--lr must be > 0")
-    if o["early_stop_metric"] not in STOP_METRICS:
-        raise BadInput(f"--early-stop-metric must be one of {', '.join(STOP_METRICS)}")
-
-
-def run_train_dsie(ctx: Ctx) -> dict | None:
-    _check(ctx.options)
-    rank, world, device = init_distributed(ctx.torch_device())
+def run_train_dsie(ctx: Ctx[DsieOptions]) -> dict | None:
+    rank, world, device = init_distributed(ctx.device)
     try:
         return _run(ctx, rank, world, device)
     finally:
@@ -77,23 +52,24 @@ def run_train_dsie(ctx: Ctx) -> dict | None:
                 dist.destroy_process_group()
 
 
-def _run(ctx: Ctx, rank: int, world: int, device: str) -> dict | None:
-    o = ctx.options
-    tables = load_tables(ctx.work)  # missing artifacts / users without a group -> exit 2
-    _, persona = load_groups(ctx.work, tables.n_users)
-    codes = load_item_codes(ctx.work, tables.n_items)
-    name = out_name(o)
-    folder = ctx.work / name
-    recorded = {k: v for k, v in o.items() if k not in NOT_RECORDED}
-    inputs = _inputs(ctx.work)
-    st = store.Stage(folder, COMMAND, recorded, inputs, ctx.seed)
-    if skip_if_fresh(ctx, st.up_to_date(), str(folder)):
-        report = store.read_json(folder / "report.json")
+def _run(ctx: Ctx[DsieOptions], rank: int, world: int, device: str) -> dict | None:
+    o = ctx.opts
+    ws = ctx.ws
+    data = _inputs(ws)  # missing artifacts / users without a group -> exit 2
+    out = ws.dsie(o.out_name())
+    paths = [ws.data.require("interactions"), ws.data.require("dataset")]
+    paths += [ws.sids_dir.require("sids"), ws.groups_dir.require("groups")]
+    paths += [ws.groups_dir.require("emb")]
+    st = ctx.stage(out.path, paths)
+    if ctx.fresh(st):
+        report = store.read_json(out.file("report"))
         return {"status": "up to date", **report["summary"]}
-    split, seqs_for_states = _split(o["protocol"], tables)
+    split, seqs_for_states = _split(o.protocol, data.history)
     torch.manual_seed(ctx.seed)
-    model_cfg = _model_config(o, tables, codes, persona)
-    train_cfg = _train_config(o, ctx.seed)
+    model_cfg = DSIEConfig.from_options(
+        o, data.history.n_items, ws.sids().layout, data.persona.shape
+    )
+    train_cfg = TrainConfig.from_options(o, ctx.seed)
     if rank == 0:
         console.log(split.description)
         console.log(
@@ -103,9 +79,9 @@ def _run(ctx: Ctx, rank: int, world: int, device: str) -> dict | None:
             + (f", {world} processes" if world > 1 else "")
         )
     fp = fingerprint(
-        inputs={str(p): store.sha256_path(p) for p in inputs},
+        inputs=st.input_hashes(),
         model=model_cfg.to_dict(),
-        protocol=o["protocol"],
+        protocol=str(o.protocol),
         seed=ctx.seed,
         train={
             k: v
@@ -113,102 +89,57 @@ def _run(ctx: Ctx, rank: int, world: int, device: str) -> dict | None:
             if k not in ("epochs", "patience", "eval_every")
         },
     )
-    ckpt = ctx.work / "checkpoints" / name
     main = _train_one(
-        "dsie", model_cfg, train_cfg, codes, persona, split, tables, device,
-        ckpt_dir=ckpt, fp=fp, resume=o["resume"], rank=rank, world=world,
+        "dsie", model_cfg, train_cfg, data, split, device,
+        ckpt_dir=ws.checkpoints(o.out_name()), fp=fp, resume=o.resume, rank=rank, world=world,
     )  # fmt: skip
-    report = _report(o, split, tables, main, model_cfg, train_cfg)
-    if o["compare"]:
-        report["compare"] = _compare(
-            o, model_cfg, train_cfg, codes, persona, split, tables, device, rank, world, main
-        )
+    report = _report(o, split, data.history, main, model_cfg, train_cfg)
+    if o.compare:
+        report["compare"] = _compare(model_cfg, train_cfg, data, split, device, rank, world, main)
         if rank == 0:
             _print_table(report)
     if rank != 0:
         return None  # only rank 0 writes and reports
     model = main["model"]
-    histories = [seqs_for_states.of(u) for u in range(tables.n_users)]
-    users = np.arange(tables.n_users, dtype=np.int64)
-    states = encode_histories(model, histories, users, tables.groups)
-    keys = keys_from_sequences(seqs_for_states, tables.groups, tables.item_cluster, o["recent"])
-    with store.stage(folder, COMMAND, recorded, inputs, ctx.seed) as stg:
-        _write(stg.tmp, model, model_cfg, train_cfg, o, states, keys, report)
+    users = np.arange(data.history.n_users, dtype=np.int64)
+    states = encode_histories(model, [seqs_for_states.of(u) for u in users], users, data.groups)
+    with st.write() as tmp:
+        _write(out, tmp, model, model_cfg, train_cfg, o, states, report, data)
     return {"status": "written", **report["summary"]}
 
 
-def _inputs(work: Path) -> list[Path]:
-    d, s, g = data_paths(work), sid_paths(work), group_paths(work)
-    return [d["interactions"], d["dataset"], s["sids"], g["groups"], g["emb"]]
+def _inputs(ws: Workspace) -> Inputs:
+    sids = ws.sids()
+    persona = ws.persona_embeddings()
+    return Inputs(ws.history(), ws.groups().of_user, persona, sids.codes, sids.version)
 
 
-def _split(protocol: str, t: Tables) -> tuple[Split, object]:
-    """The split, and the sequences the written user states and keys are computed from."""
-    if protocol == "pipeline":
-        seqs = t.sequences(t.test_period)
+def _split(protocol: Protocol, h: History) -> tuple[Split, UserSequences]:
+    """The split, and the sequences the written user states are computed from."""
+    if protocol == Protocol.pipeline:
+        seqs = h.before(h.test_period)
         return pipeline_split(seqs), seqs
-    full = t.sequences(None)
-    # states and keys from everything but each user's held-out test item
+    full = h.before(None)
+    # states from everything but each user's held-out test item
     ptr, items = full.ptr, full.items
     keep = np.ones(len(items), dtype=bool)
     lengths = np.diff(ptr)
     keep[ptr[1:][lengths >= 3] - 1] = False
     new_ptr = np.concatenate([[0], np.cumsum(lengths - (lengths >= 3))]).astype(np.int64)
-    from coea_cli.dsie.data import UserSequences
-
     return loo_split(full), UserSequences(new_ptr, items[keep])
 
 
-def _model_config(o: dict, t: Tables, codes: np.ndarray, persona: np.ndarray) -> DSIEConfig:
-    return DSIEConfig(
-        n_items=t.n_items,
-        code_sizes=[int(c) + 1 for c in codes.max(axis=0)],
-        levels=codes.shape[1] - 1 if codes.shape[1] > 1 else 1,
-        n_groups=int(persona.shape[0]),
-        persona_dim=int(persona.shape[1]),
-        hidden=o["hidden"],
-        heads=o["heads"],
-        long_layers=o["long_layers"],
-        short_layers=o["short_layers"],
-        long_len=o["long_len"],
-        short_len=o["short_len"],
-        dropout=o["dropout"],
-        item_embedding=o["item_embedding"],
-        branches=o["branches"],
-        use_group=o["group"],
-        backend=o["backend"],
-    )
-
-
-def _train_config(o: dict, seed: int) -> TrainConfig:
-    return TrainConfig(
-        epochs=o["epochs"],
-        batch_size=o["batch_size"],
-        lr=o["lr"],
-        weight_decay=o["weight_decay"],
-        warmup=o["warmup"],
-        patience=o["patience"],
-        eval_every=o["eval_every"],
-        group_weight=o["group_weight"],
-        cluster_weight=o["cluster_weight"],
-        sampled_above=o["sampled_softmax_above"],
-        negatives=o["negatives"],
-        seed=seed,
-        metric=o["early_stop_metric"],
-    )
-
-
 def _train_one(
-    label, model_cfg, train_cfg, codes, persona, split, tables, device,
+    label, model_cfg, train_cfg, data: Inputs, split, device,
     ckpt_dir=None, fp=None, resume=False, rank=0, world=1,
 ) -> dict:  # fmt: skip
     """Build, train and evaluate one model; returns the model and its metrics."""
     torch.manual_seed(train_cfg.seed)
-    model = DSIE(model_cfg, torch.as_tensor(codes), torch.as_tensor(persona)).to(device)
+    model = DSIE(model_cfg, torch.as_tensor(data.codes), torch.as_tensor(data.persona)).to(device)
     windows = training_windows(split.train, model_cfg.long_len)
     if len(windows) == 0:
         raise BadInput("no user has two training interactions: nothing to train on")
-    groups = tables.groups
+    groups = data.groups
 
     def validate(m):
         return evaluate_ranking(m, split.val, groups)
@@ -250,11 +181,11 @@ def _row(r: dict) -> dict:
     return row
 
 
-def _report(o, split, tables, main, model_cfg, train_cfg) -> dict:
-    pop = _popularity(split, tables.n_items)
+def _report(o: DsieOptions, split, history: History, main, model_cfg, train_cfg) -> dict:
+    pop = _popularity(split, history.n_items)
     where = "test" if split.test is not None else "val"
     summary = {
-        "protocol": o["protocol"],
+        "protocol": str(o.protocol),
         "evaluated_on": where,
         "users": int(main[where]["users"]),
         "hr@10": main[where]["hr@10"],
@@ -282,11 +213,9 @@ def _report(o, split, tables, main, model_cfg, train_cfg) -> dict:
     }
 
 
-def _compare(
-    o, model_cfg, train_cfg, codes, persona, split, tables, device, rank, world, main
-) -> dict:
+def _compare(model_cfg, train_cfg, data: Inputs, split, device, rank, world, main) -> dict:
     """Popularity, the ablations and the main model on the same split."""
-    rows = {"popularity": _popularity(split, tables.n_items)}
+    rows = {"popularity": _popularity(split, data.history.n_items)}
     for label, override in VARIANTS.items():
         cfg = replace(model_cfg, **override)
         if cfg == model_cfg:
@@ -294,9 +223,7 @@ def _compare(
         if rank == 0:
             console.log(f"--compare: training {label}")
         rows[label] = _row(
-            _train_one(
-                label, cfg, train_cfg, codes, persona, split, tables, device, rank=rank, world=world
-            )
+            _train_one(label, cfg, train_cfg, data, split, device, rank=rank, world=world)
         )
     rows["DSIE (these options)"] = _row(main)
     return rows
@@ -315,24 +242,32 @@ def _print_table(report: dict) -> None:
         )
 
 
-def _write(folder: Path, model: DSIE, model_cfg, train_cfg, o, states, keys, report) -> None:
+def _write(out: Dir, folder: Path, model: DSIE, model_cfg, train_cfg, o, states, report, data):
+    """dsie.safetensors, config.json (with the SID version), user_states.safetensors (as of
+    the test period for the pipeline protocol), report.json."""
     from safetensors.torch import save_file
 
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, str(folder / "dsie.safetensors"))
+    save_file(weights, str(out.file("model", folder)))
+    h = data.history
+    states_at = h.test_period if o.protocol == Protocol.pipeline else None
     store.write_json(
-        folder / "config.json",
+        out.file("config", folder),
         {
             "model": model_cfg.to_dict(),
             "train": asdict(train_cfg),
-            "protocol": o["protocol"],
-            "recent": o["recent"],
+            "protocol": str(o.protocol),
+            "sid_version": data.sid_version,
         },
     )
     store.write_tensors(
-        folder / "user_states.safetensors",
+        out.file("states", folder),
         {**states, "user_id": np.arange(len(states["fused"]), dtype=np.int32)},
-        metadata={"protocol": o["protocol"], "hidden": model_cfg.hidden},
+        metadata={
+            "protocol": str(o.protocol),
+            "hidden": model_cfg.hidden,
+            "before_period": states_at,
+            "interactions": len(h.users),
+        },
     )
-    store.write_parquet(folder / "user_keys.parquet", keys)
-    store.write_json(folder / "report.json", report)
+    store.write_json(out.file("report", folder), report)

@@ -32,25 +32,47 @@ from torch import nn
 from coea_cli import console, store
 from coea_cli.dsie.data import Windows, batch_order, train_batch
 from coea_cli.errors import BadInput
+from coea_cli.options import DsieOptions
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 25
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup: int = 50
-    patience: int = 8
-    eval_every: int = 1
+    """Training settings; options-backed fields come from `from_options` (defaults defined
+    once, in `DsieOptions`)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    warmup: int
+    patience: int
+    eval_every: int
+    group_weight: float
+    cluster_weight: float
+    sampled_above: int
+    negatives: int
+    seed: int
+    metric: str  # validation metric for early stopping (see ranking_metrics)
     grad_clip: float = 1.0
-    group_weight: float = 0.1
-    cluster_weight: float = 0.1
-    sampled_above: int = 50_000
-    negatives: int = 1024
-    seed: int = 0
     amp: bool = True
-    metric: str = "ndcg"  # validation metric for early stopping (see ranking_metrics)
+
+    @classmethod
+    def from_options(cls, o: DsieOptions, seed: int) -> TrainConfig:
+        return cls(
+            epochs=o.epochs,
+            batch_size=o.batch_size,
+            lr=o.lr,
+            weight_decay=o.weight_decay,
+            warmup=o.warmup,
+            patience=o.patience,
+            eval_every=o.eval_every,
+            group_weight=o.group_weight,
+            cluster_weight=o.cluster_weight,
+            sampled_above=o.sampled_softmax_above,
+            negatives=o.negatives,
+            seed=seed,
+            metric=str(o.early_stop_metric),
+        )
 
 
 # ---------------------------------------------------------------- distributed

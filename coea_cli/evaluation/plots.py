@@ -4,25 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from coea_cli import store
+from coea_cli.workspace import Workspace, read_json
 
 
-def round_curves(work: Path) -> dict:
-    """Per track, per round: the evaluation-only test-period figures from metrics.json."""
-    work = Path(work)
-    tracks = {"main": work / "pco"}
-    extra = work / "pco" / "tracks"
-    if extra.exists():
-        tracks.update({p.name: p for p in sorted(extra.iterdir()) if p.is_dir()})
+def round_curves(ws: Workspace) -> dict:
+    """Per track, per round: the evaluation-only test-period figures of each round's
+    metrics.json (a branch track starts from the shared round 0)."""
     out = {}
-    zero = work / "pco" / "round-000" / "metrics.json"
-    for name, folder in tracks.items():
+    for name in ws.tracks():
         rows = []
-        paths = sorted(folder.glob("round-*/metrics.json"))
-        if name != "main" and zero.exists():
-            paths = [zero, *paths]
-        for path in paths:
-            m = store.read_json(path)
+        for entry in ws.track(name).require_state()["history"]:
+            m = read_json(ws.root / entry["metrics"], "pco-round")
             t = m.get("test", {})
             rows.append(
                 {

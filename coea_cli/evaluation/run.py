@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 
 from coea_cli import console, metrics, store
 from coea_cli.common import Ctx
-from coea_cli.errors import BadInput, MissingArtifact
+from coea_cli.errors import ArtifactError
 from coea_cli.evaluation import plots, systems
-from coea_cli.pco.models import LLMOptions
-from coea_cli.pco.state import MAIN, Track, load_state
-from coea_cli.recs.engine import Engine, EngineOptions, Variant
-from coea_cli.recs.lists import ListOptions
-from coea_cli.recs.run import check_options
+from coea_cli.options import EvaluateOptions, ServeOptions
+from coea_cli.recs.engine import Engine, track_variant
+from coea_cli.recs.lists import RECORD, SOURCES
+from coea_cli.workspace import MAIN, Workspace, read_json, read_table
 
 RANDOM_DRAWS = 10  # the random baseline is averaged over this many draws
 
@@ -29,36 +29,37 @@ COLUMNS = [
 ]  # fmt: skip
 
 
-def run_evaluate(ctx: Ctx) -> dict:
-    o = ctx.options
-    work = Path(ctx.work)
-    ks = parse_ks(str(o["ks"]))
-    check_options(o)
+def run_evaluate(ctx: Ctx[EvaluateOptions]) -> dict | None:
+    o = ctx.opts
+    ws = ctx.ws
+    ks = o.cutoffs()
     k_max = max(ks)
     console.log(metrics.protocol(ks))
-    main = load_state(Track(work, MAIN))
-    if main is None:
-        raise MissingArtifact(work / "pco" / "state.json", "pco-round")
-    meta = store.read_json(work / "data" / "dataset.json")
-    test = int(meta["test_period"])
-    emb, _ = store.read_tensors(work / "items" / "item_emb.safetensors", command="tokenize-items")
-    item_emb = emb["content"].astype(np.float32)
-    llm = LLMOptions(base_model=main.get("base_model", "scratch"), device=ctx.device, seed=ctx.seed)
+    main = ws.track(MAIN).require_state()
+    test = int(ws.dataset()["test_period"])
+    stored = stored_lists(ws, main, test, k_max)
+    st = ctx.stage(ws.eval.path, _inputs(ws))
+    if ctx.fresh(st):
+        report = read_json(ws.eval.require("report"), "evaluate")
+        if ctx.json:
+            return report
+        console.out.print(markdown(report), markup=False)
+        return None
+    item_emb = ws.item_embedding("content")
     t0 = time.time()
-    engine = Engine(work, test, llm)
+    engine = Engine(ws, test, ctx.device)
     w = engine.world
-    truth_seq = w.sequences(test + 1, only_period=test)
-    users = np.array(sorted(u for u in truth_seq if len(engine.seen(u)) > 0), dtype=np.int64)
-    truth = [np.unique(truth_seq[int(u)]) for u in users]
+    truth_seq = w.history.during(test)
+    users = np.array(
+        [u for u in truth_seq.users().tolist() if len(engine.seen(u)) > 0], dtype=np.int64
+    )
+    truth = [np.unique(truth_seq.of(int(u))) for u in users]
     history = [engine.seen(u) for u in users]
-    before = w.periods < test
-    pairs = np.unique(np.stack([w.users[before], w.items[before]]), axis=1)
+    h = w.history
+    before = h.periods < test
+    pairs = np.unique(np.stack([h.users[before], h.items[before]]), axis=1)
     item_pop = np.bincount(pairs[1], minlength=w.n_items)
-    n_train_users = len(np.unique(w.users[before]))
-    opt = EngineOptions(
-        n=o["n"], temperature=o["temperature"], key_recent=o["key_recent"], seed=ctx.seed,
-        lists=ListOptions(k=k_max, top_m=o["top_m"], explore_ratio=o["explore_ratio"]),
-    )  # fmt: skip
+    n_train_users = len(np.unique(h.users[before]))
 
     rows: dict[str, dict] = {}
     notes: dict[str, str] = {}
@@ -84,17 +85,19 @@ def run_evaluate(ctx: Ctx) -> dict:
           [systems.random_novel(engine, users, k_max, ctx.seed + d) for d in range(RANDOM_DRAWS)],
           f"random unseen items from clusters new to the user; mean of {RANDOM_DRAWS} draws")  # fmt: skip
     score("DSIE top-K", systems.dsie_top(engine, users, k_max), "relevance only")
-    score("DSIE + MMR", systems.dsie_mmr(engine, users, k_max, item_emb, o["mmr_lambda"]),
-          f"MMR lambda {o['mmr_lambda']} over DSIE's top 100")  # fmt: skip
-    variants = _variants(work, main)
-    for name, variant, note in variants:
+    score("DSIE + MMR", systems.dsie_mmr(engine, users, k_max, item_emb, o.mmr_lambda),
+          f"MMR lambda {o.mmr_lambda} over DSIE's top 100")  # fmt: skip
+    serve, seed = stored["options"], stored["seed"]
+    for name, variant, note in _variants(ws, main, ctx.device, seed):
         if variant is None:
             notes[name] = note
             continue
-        lists = engine.recommend(users, variant, opt)["lists"]
+        lists = engine.recommend(users, variant, serve, k_max, seed)["lists"]
         score(name, systems.from_lists(lists, users, k_max), note)
+    score("CoEA (full)", systems.from_lists(stored["lists"], users, k_max),
+          f"main track, round {main['round']}: the stored lists (recs/recs.parquet)")  # fmt: skip
 
-    rounds = plots.round_curves(work)
+    rounds = plots.round_curves(ws)
     report = {
         "protocol": metrics.protocol(ks),
         "test_period": test,
@@ -106,53 +109,91 @@ def run_evaluate(ctx: Ctx) -> dict:
         "new_interest_rate_7d": _nir(w, test, users, history),
         "seconds": round(time.time() - t0, 1),
     }
-    with store.stage(work / "eval", "evaluate", o, [work / "pco" / "state.json"], ctx.seed) as st:
-        store.write_json(st.tmp / "report.json", _clean(report))
-        (st.tmp / "report.md").write_text(markdown(report), encoding="utf-8")
-        plots.rounds_png(rounds, st.tmp / "rounds.png")
-        plots.tradeoff_png(rows, st.tmp / "tradeoff.png")
+    with st.write() as tmp:
+        store.write_json(ws.eval.file("report", tmp), _clean(report))
+        ws.eval.file("markdown", tmp).write_text(markdown(report), encoding="utf-8")
+        plots.rounds_png(rounds, ws.eval.file("rounds", tmp))
+        plots.tradeoff_png(rows, ws.eval.file("tradeoff", tmp))
     if ctx.json:
         return _clean(report)
     console.out.print(markdown(report), markup=False)
     return None
 
 
-def parse_ks(spec: str) -> tuple[int, ...]:
-    """--ks as sorted cut-offs; 10 is always added (the table and the targets use @10)."""
-    try:
-        ks = {int(x) for x in spec.split(",") if x.strip()}
-    except ValueError:
-        raise BadInput(
-            f"--ks: expected comma-separated integers such as 5,10,20, got {spec!r}"
-        ) from None
-    if any(k < 1 for k in ks):
-        raise BadInput(f"--ks: every cut-off must be at least 1, got {spec!r}")
-    return tuple(sorted(ks | {10}))
+def _inputs(ws: Workspace) -> list[Path]:
+    """What the report depends on: data, embeddings, SIDs, groups, DSIE, the stored lists and
+    every track's state."""
+    paths = [ws.data.require("interactions"), ws.items.require("emb")]
+    paths += [ws.sids_dir.require("sids"), ws.groups_dir.require("groups")]
+    paths += [ws.dsie().require("model"), ws.recs().require("table")]
+    return paths + [ws.track(name).state_path() for name in ws.tracks()]
 
 
-def _variants(work: Path, main: dict) -> list[tuple[str, Variant | None, str]]:
-    zero = next(h for h in main["history"] if h["round"] == 0)
+def stored_lists(ws: Workspace, main: dict, test: int, k: int) -> dict:
+    """The lists `recommend` stored for the test period with the main track's current
+    adapters: {"lists": {user: RECORD array}, "options": ServeOptions, "seed": int}.
+    Lists made by other adapters, for another cutoff or shorter than K are refused."""
+    out = ws.recs()
+    report = read_json(out.require("report"), "recommend")
+    manifest = read_json(out.path / store.MANIFEST, "recommend")
     cur = main["current"]
+    made = (report.get("novelty"), report.get("relevance"))
+    if made != (cur["novelty"], cur["relevance"]):
+        raise ArtifactError(
+            out.path,
+            "recommend",
+            f"the lists were made with {made[0]}, the main track now serves {cur['novelty']}",
+        )
+    if report.get("before_period") != test or report.get("shard"):
+        problem = "the lists are not those of every user at the test period"
+        raise ArtifactError(out.path, "recommend", problem)
+    options = manifest.get("options", {})
+    if options.get("round") is not None or options.get("dsie") is False:
+        raise ArtifactError(out.path, "recommend", "the lists are an ablation (--round, --no-dsie)")
+    if options.get("k", 0) < k:
+        problem = f"the lists hold {options.get('k')} items, --ks needs {k}"
+        raise ArtifactError(out.path, f"recommend --k {k}", problem)
+    columns = ["user_id", "item_id", "score", "cluster", "source"]
+    table = read_table(out.require("table"), "recommend", columns)
+    serve = ServeOptions(**{f.name: options[f.name] for f in fields(ServeOptions)})
+    return {"lists": lists_of(table), "options": serve, "seed": int(manifest.get("seed", 0))}
+
+
+def lists_of(table) -> dict:
+    """recs.parquet rows (sorted by user, then rank) as {user: RECORD array}."""
+    users = table["user_id"].to_numpy()
+    rec = np.zeros(len(users), dtype=RECORD)
+    rec["item"] = table["item_id"].to_numpy()
+    rec["score"] = table["score"].to_numpy()
+    rec["cluster"] = table["cluster"].to_numpy()
+    source = np.array(table["source"].to_pylist())
+    for code, name in enumerate(SOURCES):
+        rec["source"][source == name] = code
+    cuts = np.flatnonzero(np.diff(users)) + 1
+    parts = zip(np.split(users, cuts), np.split(rec, cuts), strict=True)
+    return {int(u[0]): r for u, r in parts if len(u)}
+
+
+def _variants(ws: Workspace, main: dict, device: str, seed: int) -> list:
+    """The CoEA ablations computed here, as (name, Variant or None, note); full CoEA comes
+    from the stored lists."""
+    main_track = ws.track(MAIN)
     out = [
-        ("CoEA round 0 (w/o PCO)", Variant("round0", work / zero["novelty"], work / zero["relevance"]),
+        ("CoEA round 0 (w/o PCO)", track_variant(ws, main_track, device, seed, 0),
          "round-0 adapters"),
     ]  # fmt: skip
-    nokl = load_state(Track(work, "nokl"))
+    tracks = ws.tracks()
+    nokl = ws.track("nokl").state() if "nokl" in tracks else None
     if nokl is not None and nokl["round"] > 0:
-        c = nokl["current"]
-        out.append(("CoEA w/o KL", Variant("nokl", work / c["novelty"], work / c["relevance"]),
+        out.append(("CoEA w/o KL", track_variant(ws, ws.track("nokl"), device, seed),
                     f"track nokl, round {nokl['round']}"))  # fmt: skip
     else:
         out.append(("CoEA w/o KL", None, "not run: `coea pco-round --track nokl --no-kl`"))
-    nodsie = load_state(Track(work, "nodsie"))
-    src = nodsie["current"] if nodsie is not None and nodsie["round"] > 0 else cur
+    nodsie = ws.track("nodsie").state() if "nodsie" in tracks else None
+    src = ws.track("nodsie") if nodsie is not None and nodsie["round"] > 0 else main_track
     out.append(
-        ("CoEA w/o DSIE", Variant("nodsie", work / src["novelty"], work / src["relevance"], False),
+        ("CoEA w/o DSIE", track_variant(ws, src, device, seed, use_dsie=False, name="nodsie"),
          "no persona or long-term context; items ranked by popularity inside clusters"),
-    )  # fmt: skip
-    out.append(
-        ("CoEA (full)", Variant("main", work / cur["novelty"], work / cur["relevance"]),
-         f"main track, round {main['round']}"),
     )  # fmt: skip
     return out
 
@@ -182,15 +223,16 @@ def _targets(rows: dict, per_user: dict, seed: int) -> dict:
 
 def _nir(w, test: int, users: np.ndarray, history) -> float:
     """Observed 7-day new-interest exploration rate of the evaluated users in the test period."""
-    mask = w.periods == test
+    h = w.history
+    mask = h.periods == test
     row = {int(u): r for r, u in enumerate(users)}
-    keep = mask & np.isin(w.users, users)
+    keep = mask & np.isin(h.users, users)
     if not keep.any():
         return float("nan")
-    rows = np.array([row[int(u)] for u in w.users[keep]])
-    start = int(w.times[mask].min())
+    rows = np.array([row[int(u)] for u in h.users[keep]])
+    start = int(h.times[mask].min())
     return metrics.new_interest_rate(
-        rows, w.items[keep], w.times[keep], history, w.item_cluster, start, days=7
+        rows, h.items[keep], h.times[keep], history, w.item_cluster, start, days=7
     )
 
 

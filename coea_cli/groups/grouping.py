@@ -20,7 +20,6 @@ AGE_BUCKETS += ((45, 49, "45-49"), (50, 55, "50-55"), (56, 10_000, "56+"))
 SKIP_COLUMNS = ("user_id", "original_id")
 # Attribute columns with more distinct values than this (zip codes, ids) are not used.
 MAX_CATEGORIES = 30
-GROUPINGS = ("demographic", "behavior", "hybrid")
 
 
 @dataclass

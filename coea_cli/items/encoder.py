@@ -52,26 +52,13 @@ def encoder_name(path: str | Path | None = None) -> str:
     return str(Path(path))
 
 
-def pick_device(device: str = "cpu") -> str:
-    """cpu, cuda or auto (CUDA when present); BadInput for cuda without a CUDA device."""
-    if device == "cpu":
-        return device
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise BadInput("--device cuda: no CUDA device is available (use auto or cpu)")
-    return device
-
-
 def load_text_encoder(path: str | None = None, device: str = "cpu"):
     """Load a sentence-transformers model from a local folder (default: all-MiniLM-L6-v2).
 
-    `device` is cpu, cuda or auto. Never touches the network; remote code stays off.
+    `device` is cpu or cuda (resolved by the caller). Never touches the network; remote code
+    stays off.
     """
     folder = resolve_encoder_path(path)
-    device = pick_device(device)
     key = (str(folder.resolve()), device)
     if key in _LOADED:
         return _LOADED[key]

@@ -19,19 +19,6 @@ ADAPTER_INFO = "coea_adapter.json"
 _LINEAR_NAMES = ("Linear", "Linear4bit", "Linear8bitLt", "Conv1D")
 
 
-def resolve_device(device: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when a GPU is present, else ``cpu``."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda"):
-        raise BadInput(f"--device must be auto, cpu or cuda, not {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise BadInput("--device cuda asked for, but no CUDA GPU is available")
-    return device
-
-
 def quant_config(quant: str, device: str):
     """BitsAndBytesConfig for ``quant`` (NF4 + double quantization for 4-bit), or None."""
     import torch
@@ -54,7 +41,7 @@ def load_backbone(
     path,
     *,
     quant: str | None = None,
-    device: str = "auto",
+    device: str,
     dtype=None,
     attn_implementation: str = "sdpa",
 ):
@@ -70,7 +57,8 @@ def load_backbone(
     path = Path(path)
     if not (path / "config.json").is_file():
         raise BadInput(f"{path}: not a Hugging Face model folder (no config.json)")
-    device = resolve_device(device)
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda (resolved by the caller), not {device!r}")
     quant = quant or ("4bit" if device == "cuda" else "none")
     if quant not in QUANTS:
         raise BadInput(f"--quant must be one of {', '.join(QUANTS)}, not {quant!r}")
@@ -80,6 +68,7 @@ def load_backbone(
         dtype=dtype,
         trust_remote_code=False,
         local_files_only=True,
+        use_safetensors=True,
         attn_implementation=attn_implementation,
     )
     qc = quant_config(quant, device)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from coea_cli.errors import BadInput
-from coea_cli.llm.vocab import cluster_to_text
+from coea_cli.workspace.sids import cluster_token as cluster_to_text
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "prompts"
 FIELDS = {

@@ -9,6 +9,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|endoftext|>"
@@ -79,89 +80,122 @@ def _windows(stream, n: int, seq_len: int, gen):
     return torch.stack([stream[s : s + seq_len] for s in starts.tolist()])
 
 
+@dataclass(frozen=True)
+class ScratchSpec:
+    """Size and pre-training of the scratch backbone. hidden, layers and steps come from
+    `pco-round --backbone-*` (their defaults are defined there)."""
+
+    hidden: int
+    layers: int
+    steps: int
+    vocab_size: int = 4096
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate: int = 384
+    max_positions: int = 1024
+    seq_len: int = 256
+    batch_size: int = 16
+    lr: float = 2e-3
+    text_fraction: float = 0.3  # share of each batch drawn from the text stream
+    seed: int = 0
+
+
 def build_scratch_backbone(
     out_dir,
+    spec: ScratchSpec,
     *,
     texts: Sequence[str],
     sid_sequences: Sequence[str],
     sid_tokens: Sequence[str],
-    vocab_size: int = 4096,
-    hidden: int = 128,
-    layers: int = 4,
-    heads: int = 4,
-    kv_heads: int = 2,
-    intermediate: int = 384,
-    max_positions: int = 1024,
-    steps: int = 300,
-    seq_len: int = 256,
-    batch_size: int = 16,
-    lr: float = 2e-3,
-    text_fraction: float = 0.3,
-    seed: int = 0,
     progress: Callable[[int, int, float], None] | None = None,
 ) -> Path:
     """Build, pre-train and save the scratch backbone; returns ``out_dir``.
 
     ``texts``: item texts, cluster descriptions, personas (the prompt templates are added).
-    ``sid_sequences``: users' histories as SID token strings. Each step draws ``batch_size``
-    windows of ``seq_len`` tokens, a ``text_fraction`` share of them from the text stream and the
-    rest from the history stream, for next-token prediction (AdamW, warmup then cosine decay).
-    The folder holds config, safetensors weights, tokenizer and ``coea_scratch.json`` (sizes,
-    time, losses), is written atomically and loads with AutoModelForCausalLM/AutoTokenizer.
+    ``sid_sequences``: users' histories as SID token strings. The folder holds config,
+    safetensors weights, tokenizer and ``coea_scratch.json`` (sizes, tokens, time, losses),
+    is written atomically and loads with AutoModelForCausalLM/AutoTokenizer.
     """
     import torch
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
     from coea_cli.llm.prompts import answer_token_ids
-    from coea_cli.store import replace_dir
 
     if not texts and not sid_sequences:
         raise ValueError("need texts or SID sequences to train the scratch backbone on")
     t0 = time.perf_counter()
-    torch.manual_seed(seed)
-    tokenizer = build_tokenizer(texts, sid_tokens, vocab_size=vocab_size)
+    torch.manual_seed(spec.seed)
+    tokenizer = build_tokenizer(texts, sid_tokens, vocab_size=spec.vocab_size)
     answer_token_ids(tokenizer)  # fails early if Yes/No are not distinct first tokens
+    model = _model(spec, tokenizer)
+    text_ids = torch.tensor(_stream(tokenizer, texts), dtype=torch.long)
+    sid_ids = torch.tensor(_stream(tokenizer, sid_sequences), dtype=torch.long)
+    losses = pretrain(model, text_ids, sid_ids, spec, progress)
+    info = {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "vocab": len(tokenizer),
+        "tokens": {"text": text_ids.numel(), "sid": sid_ids.numel()},
+        "steps": spec.steps,
+        "seq_len": spec.seq_len,
+        "batch_size": spec.batch_size,
+        "seed": spec.seed,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "loss_first": losses[0] if losses else None,
+        "loss_last": sum(losses[-10:]) / len(losses[-10:]) if losses else None,
+    }
+    _save(Path(out_dir), model, tokenizer, info)
+    return Path(out_dir)
+
+
+def _model(spec: ScratchSpec, tokenizer):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
     config = Qwen2Config(
         vocab_size=-(-len(tokenizer) // 64) * 64,
-        hidden_size=hidden,
-        intermediate_size=intermediate,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        max_position_embeddings=max_positions,
+        hidden_size=spec.hidden,
+        intermediate_size=spec.intermediate,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        num_key_value_heads=spec.kv_heads,
+        max_position_embeddings=spec.max_positions,
         tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    model = Qwen2ForCausalLM(config)
-    text_ids = torch.tensor(_stream(tokenizer, texts), dtype=torch.long)
-    sid_ids = torch.tensor(_stream(tokenizer, sid_sequences), dtype=torch.long)
-    if not len(texts):
-        n_text = 0
-    elif not len(sid_sequences):
-        n_text = batch_size
-    else:
-        n_text = min(batch_size, max(1, round(batch_size * text_fraction)))
+    return Qwen2ForCausalLM(config)
 
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
-    warmup = max(1, steps // 20)
+
+def pretrain(model, text_ids, sid_ids, spec: ScratchSpec, progress=None) -> list[float]:
+    """Next-token prediction: each step draws ``batch_size`` windows of ``seq_len`` tokens, a
+    ``text_fraction`` share from the text stream and the rest from the history stream (AdamW,
+    warmup then cosine decay to 10%). Returns the loss of every step."""
+    import torch
+
+    has_text, has_sid = text_ids.numel() > 0, sid_ids.numel() > 0
+    if not has_text:
+        n_text = 0
+    elif not has_sid:
+        n_text = spec.batch_size
+    else:
+        n_text = min(spec.batch_size, max(1, round(spec.batch_size * spec.text_fraction)))
+    gen = torch.Generator().manual_seed(spec.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.95), weight_decay=0.1)
+    warmup = max(1, spec.steps // 20)
 
     def lr_at(step: int) -> float:
         if step < warmup:
-            return lr * (step + 1) / warmup
-        frac = (step - warmup) / max(1, steps - warmup)
-        return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+            return spec.lr * (step + 1) / warmup
+        frac = (step - warmup) / max(1, spec.steps - warmup)
+        return spec.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
     model.train()
     losses = []
-    for step in range(steps):
+    for step in range(spec.steps):
         parts = []
         if n_text:
-            parts.append(_windows(text_ids, n_text, seq_len, gen))
-        if batch_size - n_text:
-            parts.append(_windows(sid_ids, batch_size - n_text, seq_len, gen))
+            parts.append(_windows(text_ids, n_text, spec.seq_len, gen))
+        if spec.batch_size - n_text:
+            parts.append(_windows(sid_ids, spec.batch_size - n_text, spec.seq_len, gen))
         batch = torch.cat(parts)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
@@ -172,26 +206,22 @@ def build_scratch_backbone(
         opt.step()
         losses.append(float(loss.detach()))
         if progress is not None:
-            progress(step + 1, steps, losses[-1])
+            progress(step + 1, spec.steps, losses[-1])
     model.eval()
+    return losses
+
+
+def _save(out_dir: Path, model, tokenizer, info: dict) -> None:
+    """config, weights, tokenizer and coea_scratch.json, swapped in atomically."""
+    from transformers import GenerationConfig
+
+    from coea_cli.store import replace_dir
+
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    info = {
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "vocab": len(tokenizer),
-        "tokens": {"text": text_ids.numel(), "sid": sid_ids.numel()},
-        "steps": steps,
-        "seq_len": seq_len,
-        "batch_size": batch_size,
-        "seed": seed,
-        "seconds": round(time.perf_counter() - t0, 2),
-        "loss_first": losses[0] if losses else None,
-        "loss_last": sum(losses[-10:]) / len(losses[-10:]) if losses else None,
-    }
-    out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
@@ -201,4 +231,3 @@ def build_scratch_backbone(
         replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir

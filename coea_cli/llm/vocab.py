@@ -1,61 +1,20 @@
-"""Semantic-ID tokens: names, cluster <-> text conversion, and adding them to a model.
+"""Semantic-ID tokens in a model: their ids, adding them and growing the embeddings.
 
-A SID token is ``<{level letter}_{code}>``: level 1 is ``a``, level 2 ``b``, and so on. An interest
-cluster is a SID prefix, held in Python as a tuple of codes: ``(12, 7)`` <-> ``"<a_12><b_7>"``.
+The token format (``<a_12><b_7>``) is defined once, in `coea_cli.workspace.sids`.
 """
 
 from __future__ import annotations
 
-import re
-import string
 from collections.abc import Iterable, Sequence
 
-LEVEL_LETTERS = string.ascii_lowercase
+from coea_cli.workspace.sids import token
+
 EMBED_MULTIPLE = 64
-_TOKEN = re.compile(r"<([a-z])_(\d+)>")
-
-
-def sid_token(level: int, code: int) -> str:
-    """Token for ``code`` at 0-based ``level``: ``sid_token(1, 7) == "<b_7>"``."""
-    return f"<{LEVEL_LETTERS[level]}_{int(code)}>"
-
-
-def sid_tokens(levels: int, codebook_sizes: int | Sequence[int]) -> list[str]:
-    """All SID tokens for ``levels`` levels, level by level, codes in order.
-
-    ``codebook_sizes`` is one size for every level or one per level (a dedup level is just
-    another level with its own size).
-    """
-    sizes = [codebook_sizes] * levels if isinstance(codebook_sizes, int) else list(codebook_sizes)
-    if len(sizes) != levels:
-        raise ValueError(f"{levels} levels but {len(sizes)} codebook sizes")
-    if levels > len(LEVEL_LETTERS):
-        raise ValueError(f"at most {len(LEVEL_LETTERS)} levels")
-    return [sid_token(lvl, c) for lvl, k in enumerate(sizes) for c in range(k)]
-
-
-def cluster_to_text(cluster: Sequence[int]) -> str:
-    """``(12, 7)`` -> ``"<a_12><b_7>"``."""
-    return "".join(sid_token(lvl, c) for lvl, c in enumerate(cluster))
-
-
-def text_to_cluster(text: str) -> tuple[int, ...]:
-    """``"<a_12><b_7>"`` -> ``(12, 7)``; levels must run a, b, c, ... with nothing between."""
-    codes = []
-    pos = 0
-    for lvl, m in enumerate(_TOKEN.finditer(text)):
-        if m.start() != pos or m.group(1) != LEVEL_LETTERS[lvl]:
-            raise ValueError(f"not a cluster token string: {text!r}")
-        codes.append(int(m.group(2)))
-        pos = m.end()
-    if pos != len(text) or not codes:
-        raise ValueError(f"not a cluster token string: {text!r}")
-    return tuple(codes)
 
 
 def cluster_token_ids(tokenizer, cluster: Sequence[int]) -> list[int]:
     """Token ids of a cluster's SID tokens (one id per level)."""
-    toks = [sid_token(lvl, c) for lvl, c in enumerate(cluster)]
+    toks = [token(lvl, c) for lvl, c in enumerate(cluster)]
     ids = tokenizer.convert_tokens_to_ids(toks)
     unk = getattr(tokenizer, "unk_token_id", None)
     for t, i in zip(toks, ids, strict=True):

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from coea_cli.pco.context import Cluster, Context, World, banned, context_of
+from coea_cli.llm.context import Context, World, banned, context_of
+from coea_cli.workspace import Cluster, UserSequences
 
 
 @dataclass
@@ -25,7 +26,7 @@ class Transition:
 
 def transitions(
     world: World,
-    sequences: dict[int, np.ndarray],
+    sequences: UserSequences,
     *,
     min_history: int = 5,
     window: int = 20,
@@ -37,11 +38,11 @@ def transitions(
     """Observed novel transitions, at most `per_user` per user and `cap_per_cluster` per
     target cluster (so popular clusters do not dominate)."""
     found: list[Transition] = []
-    users = sorted(sequences)
+    users = sequences.users().tolist()
     rng.shuffle(users)
     per_target: dict[Cluster, int] = {}
     for u in users:
-        seq = sequences[u]
+        seq = sequences.of(u)
         clusters = world.item_cluster[seq]
         cuts = list(range(min_history, len(seq)))
         rng.shuffle(cuts)
@@ -106,11 +107,12 @@ class PeriodUser:
 
 
 def period_users(world: World, k: int, *, use_dsie: bool = True) -> list[PeriodUser]:
-    before = world.sequences(k)
-    during = world.sequences(k, only_period=k)
+    """Users active in period k, ascending, with their context as of the period start."""
+    before = world.history.before(k)
+    during = world.history.during(k)
     out = []
-    for u, items in sorted(during.items()):
-        hist = before.get(u, np.zeros(0, dtype=np.int64))
+    for u in during.users().tolist():
+        items, hist = during.of(u), before.of(u)
         ban = banned(world, hist)
         engaged = {(int(c),) for c in np.unique(world.item_cluster[items])}
         out.append(

@@ -1,58 +1,36 @@
-"""Round 0 (initial training) and round k >= 1 (verify, fine-tune, re-evaluate)."""
+"""Round 0 (initial training) and round k >= 1, each as its named steps.
+
+    RoundZero: examples -> train_novelty -> train_relevance -> evaluate -> save
+    RoundK:    setup -> generate -> verify -> finetune -> update_relevance -> reevaluate -> save
+
+A round writes its adapters and its folder `out` (a temporary folder the caller swaps in);
+the caller writes the track's state last, so a round only counts once it is complete.
+"""
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from coea_cli import console, store
+from coea_cli.errors import BadInput
+from coea_cli.llm.context import Prompter, World, cluster_popularity
+from coea_cli.llm.models import LLMSpec, load_model
+from coea_cli.options import Objective, PcoOptions
 from coea_cli.pco import scoring
-from coea_cli.pco.context import Cluster, World, cluster_popularity
-from coea_cli.pco.examples import (
-    period_users,
-    relevance_labels,
-    split_users,
-    transitions,
-)
-from coea_cli.pco.models import LLMOptions, load_model
-from coea_cli.pco.state import Track
+from coea_cli.pco.examples import period_users, relevance_labels, split_users, transitions
+from coea_cli.workspace import Cluster, Track
 
-
-@dataclass(frozen=True)
-class RoundOptions:
-    n: int = 8  # Novelty samples per user
-    temperature: float = 1.0
-    top_m: int = 3  # clusters kept after Relevance best-of-n
-    tau_pos: float = 0.5  # Relevance score needed to verify a positive
-    tau_neg: float = 0.5  # Relevance score under which a rejection counts
-    objective: str = "sft_kl"
-    kl_weight: float = 0.5
-    beta: float = 0.1
-    replay: float = 0.3
-    epochs: int = 1
-    lr: float = 5e-4
-    batch_size: int = 16
-    update_relevance: bool = False
-    holdout: float = 0.2
-    epsilon: float = 0.02
-    verify: bool = True
-    kl: bool = True
-    reeval: bool = True
-    dsie: bool = True
-    round0_epochs: int = 2
-    round0_per_user: int = 3
-    positives_per_user: int = 3
-    round0_cap: int = 60
-    template_dir: str | None = None
+ROUND0_CAP = 60  # round 0: most transitions taken per target cluster
 
 
 def _progress(label: str):
-    """A callable(step, total, loss) driving a rich bar, for the training loops."""
+    """A callable(step, total, loss) driving a progress bar, for the training loops."""
     state = {}
 
     def update(step, total, loss):
@@ -77,355 +55,391 @@ def _examples_table(prompts: list[str], targets: list[Cluster], kind: str) -> pa
     )
 
 
-# ---------------------------------------------------------------- round 0
-
-
-def round_zero(
-    world: World,
-    track: Track,
-    backbone: Path,
-    llm: LLMOptions,
-    opt: RoundOptions,
-    sid_tokens: list[str],
-    out: Path,
-) -> dict:
-    """Initial Novelty and Relevance training on period 0; writes adapters and the round folder
-    `out` (a temporary folder swapped in by the caller). Returns the round's metrics."""
-    t0 = time.time()
-    rng = np.random.default_rng(llm.seed)
-    clusters = world.clusters()
-    trans = transitions(
-        world,
-        world.sequences(1),
-        per_user=opt.round0_per_user,
-        cap_per_cluster=opt.round0_cap,
-        use_dsie=opt.dsie,
-        rng=rng,
-    )
-    if len(trans) < 10:
-        from coea_cli.errors import BadInput
-
-        raise BadInput(f"period 0 has only {len(trans)} novel transitions: too few to train on")
-    train_u, held_u = split_users(sorted({t.user for t in trans}), 0.1, llm.seed)
-    train = [t for t in trans if t.user in train_u]
-    held = [t for t in trans if t.user in held_u]
-    prompter = scoring.Prompter(world, opt.template_dir)
-    console.log(
-        f"round 0: {len(train)} novel transitions from period 0 for training, {len(held)} held out"
-    )
-
-    novelty, tok = load_model(backbone, llm, None, True, sid_tokens)
-    from coea_cli.llm.train import train_novelty, train_relevance
-
-    prompts = [prompter.novelty(t.context) for t in train]
-    nov_fit = train_novelty(
-        novelty,
-        tok,
-        list(zip(prompts, [t.target for t in train], strict=True)),
-        epochs=opt.round0_epochs,
-        lr=opt.lr,
-        batch_size=opt.batch_size,
-        objective="sft",
-        progress=_progress("round 0 novelty"),
-        seed=llm.seed,
-    )
-    novelty_dir = track.adapter("novelty", 0)
-    _save(novelty, tok, novelty_dir)
-
-    rel_rows = relevance_labels(train, clusters, rng)
-    rel_prompts = [prompter.relevance(c, k) for c, k, _ in rel_rows]
-    relevance, rtok = load_model(backbone, llm, None, True, sid_tokens)
-    rel_fit = train_relevance(
-        relevance,
-        rtok,
-        list(zip(rel_prompts, [y for _, _, y in rel_rows], strict=True)),
-        epochs=opt.round0_epochs,
-        lr=opt.lr,
-        batch_size=opt.batch_size,
-        progress=_progress("round 0 relevance"),
-        seed=llm.seed,
-    )
-    relevance_dir = track.adapter("relevance", 0)
-    _save(relevance, rtok, relevance_dir)
-
-    # Held-out evaluation: Novelty HR@5 against the popularity of novel clusters; Relevance AUC.
-    from coea_cli.llm.decoding import ClusterTrie, relevance_scores, sample_clusters
-
-    held_prompts = [prompter.novelty(t.context) for t in held]
-    held_banned = [t.banned for t in held]
-    truth = [{t.target} for t in held]
-    exact = scoring.top_clusters(novelty, tok, held_prompts, held_banned, clusters, 5)
-    trie = ClusterTrie.from_clusters(tok, clusters)
-    samples = sample_clusters(
-        novelty,
-        tok,
-        held_prompts,
-        trie,
-        held_banned,
-        n=max(opt.n, 10),
-        temperature=opt.temperature,
-        seed=llm.seed,
-    )
-    popular = scoring.popularity_top(Counter(t.target for t in train), held_banned, 5)
-    held_rel = relevance_labels(held, clusters, rng)
-    scores = relevance_scores(
-        relevance, rtok, [prompter.relevance(c, k) for c, k, _ in held_rel]
-    ).numpy()
-    metrics = {
-        "round": 0,
-        "period": 0,
-        "train_transitions": len(train),
-        "heldout_transitions": len(held),
-        "novelty_hr@5": scoring.hit_rate(exact, truth),
-        "novelty_sampled_hr@5": scoring.hit_rate(scoring.sampled_top(samples.clusters, 5), truth),
-        "popularity_hr@5": scoring.hit_rate(popular, truth),
-        "invalid_rate": samples.invalid / max(1, len(held) * max(opt.n, 10)),
-        "relevance_auc": scoring.auc(np.array([y for *_, y in held_rel]), scores),
-        "novelty_fit": nov_fit,
-        "relevance_fit": rel_fit,
-        "seconds": round(time.time() - t0, 1),
-    }
-    store.write_parquet(
-        out / "examples.parquet", _examples_table(prompts, [t.target for t in train], "round0")
-    )
-    return metrics
-
-
 def _save(model, tok, folder: Path) -> None:
     from coea_cli.llm.backbone import save_adapter
 
     save_adapter(model, folder, tok)
 
 
+@dataclass
+class RoundBase:
+    world: World
+    track: Track
+    spec: LLMSpec
+    opt: PcoOptions
+    out: Path  # the round's (temporary) folder
+
+    def __post_init__(self) -> None:
+        self.clusters = self.world.clusters()
+        self.prompter = Prompter(self.world, self.opt.template_dir)
+        self.seed = self.spec.seed
+        self.t0 = time.time()
+
+
+# ---------------------------------------------------------------- round 0
+
+
+class RoundZero(RoundBase):
+    """Initial Novelty and Relevance training on period 0."""
+
+    def run(self) -> dict:
+        self.examples()
+        nov_fit = self.train_novelty()
+        rel_fit = self.train_relevance()
+        metrics = {
+            "round": 0,
+            "period": 0,
+            "train_transitions": len(self.train),
+            "heldout_transitions": len(self.held),
+            **self.evaluate(),
+            "novelty_fit": nov_fit,
+            "relevance_fit": rel_fit,
+            "seconds": round(time.time() - self.t0, 1),
+        }
+        self.save()
+        return metrics
+
+    def examples(self) -> None:
+        """Novel transitions inside period-0 sequences, split by user into train and held out."""
+        o = self.opt
+        self.rng = np.random.default_rng(self.seed)
+        trans = transitions(
+            self.world,
+            self.world.history.before(1),
+            per_user=o.round0_per_user,
+            cap_per_cluster=ROUND0_CAP,
+            use_dsie=o.dsie,
+            rng=self.rng,
+        )
+        if len(trans) < 10:
+            raise BadInput(f"period 0 has only {len(trans)} novel transitions: too few to train on")
+        train_u, held_u = split_users(sorted({t.user for t in trans}), 0.1, self.seed)
+        self.train = [t for t in trans if t.user in train_u]
+        self.held = [t for t in trans if t.user in held_u]
+        self.prompts = [self.prompter.novelty(t.context) for t in self.train]
+        console.log(
+            f"round 0: {len(self.train)} novel transitions from period 0 for training, "
+            f"{len(self.held)} held out"
+        )
+
+    def train_novelty(self) -> dict:
+        from coea_cli.llm.train import train_novelty
+
+        o = self.opt
+        self.novelty, self.tok = load_model(self.spec, None, True)
+        fit = train_novelty(
+            self.novelty,
+            self.tok,
+            list(zip(self.prompts, [t.target for t in self.train], strict=True)),
+            epochs=o.round0_epochs,
+            lr=o.lr,
+            batch_size=o.batch_size,
+            objective="sft",
+            progress=_progress("round 0 novelty"),
+            seed=self.seed,
+        )
+        _save(self.novelty, self.tok, self.track.adapter("novelty", 0))
+        return fit
+
+    def train_relevance(self) -> dict:
+        from coea_cli.llm.train import train_relevance
+
+        o = self.opt
+        rows = relevance_labels(self.train, self.clusters, self.rng)
+        prompts = [self.prompter.relevance(c, k) for c, k, _ in rows]
+        self.relevance, self.rtok = load_model(self.spec, None, True)
+        fit = train_relevance(
+            self.relevance,
+            self.rtok,
+            list(zip(prompts, [y for _, _, y in rows], strict=True)),
+            epochs=o.round0_epochs,
+            lr=o.lr,
+            batch_size=o.batch_size,
+            progress=_progress("round 0 relevance"),
+            seed=self.seed,
+        )
+        _save(self.relevance, self.rtok, self.track.adapter("relevance", 0))
+        return fit
+
+    def evaluate(self) -> dict:
+        """Held-out users: Novelty HR@5 against the popularity of novel clusters; Relevance
+        AUC."""
+        from coea_cli.llm.decoding import ClusterTrie, relevance_scores, sample_clusters
+
+        o, held = self.opt, self.held
+        prompts = [self.prompter.novelty(t.context) for t in held]
+        held_banned = [t.banned for t in held]
+        truth = [{t.target} for t in held]
+        exact = scoring.top_clusters(self.novelty, self.tok, prompts, held_banned, self.clusters, 5)
+        trie = ClusterTrie.from_clusters(self.tok, self.clusters)
+        n = max(o.n, 10)
+        samples = sample_clusters(
+            self.novelty, self.tok, prompts, trie, held_banned,
+            n=n, temperature=o.temperature, seed=self.seed,
+        )  # fmt: skip
+        popular = scoring.popularity_top(Counter(t.target for t in self.train), held_banned, 5)
+        rows = relevance_labels(held, self.clusters, self.rng)
+        scores = relevance_scores(
+            self.relevance, self.rtok, [self.prompter.relevance(c, k) for c, k, _ in rows]
+        ).numpy()
+        return {
+            "novelty_hr@5": scoring.hit_rate(exact, truth),
+            "novelty_sampled_hr@5": scoring.hit_rate(
+                scoring.sampled_top(samples.clusters, 5), truth
+            ),
+            "popularity_hr@5": scoring.hit_rate(popular, truth),
+            "invalid_rate": samples.invalid / max(1, len(held) * n),
+            "relevance_auc": scoring.auc(np.array([y for *_, y in rows]), scores),
+        }
+
+    def save(self) -> None:
+        table = _examples_table(self.prompts, [t.target for t in self.train], "round0")
+        store.write_parquet(self.out / "examples.parquet", table)
+
+
 # ---------------------------------------------------------------- round k
 
 
-def round_k(
-    world: World,
-    track: Track,
-    k: int,
-    state: dict,
-    backbone: Path,
-    llm: LLMOptions,
-    opt: RoundOptions,
-    sid_tokens: list[str],
-    out: Path,
-) -> dict:
-    """One PCO round on period k. Writes adapters for round k and the round folder `out`;
-    returns metrics including whether the round was accepted."""
-    from coea_cli.llm.decoding import ClusterTrie, relevance_scores, sample_clusters
-    from coea_cli.llm.train import train_novelty, train_relevance
+class RoundK(RoundBase):
+    """One PCO round on period k, from the track's current adapters."""
 
-    t0 = time.time()
-    times = {}
-    clusters = world.clusters()
-    prompter = scoring.Prompter(world, opt.template_dir)
-    users = period_users(world, k, use_dsie=opt.dsie)
-    with_novel = [u for u in users if u.novel]
-    train_ids, held_ids = split_users(
-        [u.context.user for u in with_novel], opt.holdout, llm.seed + k
-    )
-    train = [u for u in users if u.context.user in train_ids or not u.novel]
-    held = [u for u in with_novel if u.context.user in held_ids]
-    console.log(
-        f"round {k}: period {k} has {len(users)} active users ({len(with_novel)} engaged a new "
-        f"cluster); {len(train)} for verification, {len(held)} held out for re-evaluation"
-    )
-    cur = state["current"]
-    work = Path(track.work)
-    novelty, tok = load_model(backbone, llm, work / cur["novelty"], True, sid_tokens)
-    relevance, rtok = load_model(
-        backbone, llm, work / cur["relevance"], opt.update_relevance, sid_tokens
-    )
+    def __init__(self, world, track, spec, opt, out, k: int, state: dict):
+        super().__init__(world, track, spec, opt, out)
+        self.k = k
+        self.state = state
+        self.seed_k = self.seed + k
+        self.times: dict[str, float] = {}
 
-    # 2. Generate: n constrained, novelty-filtered samples per user from Novelty_(k-1).
-    s = time.time()
-    prompts = [prompter.novelty(u.context) for u in train]
-    trie = ClusterTrie.from_clusters(tok, clusters)
-    samples = sample_clusters(
-        novelty,
-        tok,
-        prompts,
-        trie,
-        [u.banned for u in train],
-        n=opt.n,
-        temperature=opt.temperature,
-        seed=llm.seed + k,
-    )
-    times["generate"] = time.time() - s
+    def run(self) -> dict:
+        self.setup()
+        self._timed("generate", self.generate)
+        self._timed("verify", self.verify)
+        self._timed("finetune", self.finetune)
+        if self.opt.update_relevance and len(self.rows):
+            self._timed("relevance", self.update_relevance)
+        self._timed("reeval", self.reevaluate)
+        self.save()
+        return self.metrics()
 
-    # 3. Verify: Relevance_(k-1) scores sampled and observed novel clusters; data gives truth.
-    s = time.time()
-    rows = []  # (train index, cluster, source)
-    for j, (u, cand) in enumerate(zip(train, samples.clusters, strict=True)):
-        for c in dict.fromkeys(cand):
-            rows.append((j, c, "sampled"))
-        for c in sorted(u.novel - set(cand)):
-            rows.append((j, c, "observed"))
-    rel_prompts = [prompter.relevance(train[j].context, c) for j, c, _ in rows]
-    score = relevance_scores(relevance, rtok, rel_prompts).numpy() if rows else np.zeros(0)
-    engaged = np.array([c in train[j].novel for j, c, _ in rows], dtype=bool)
-    sampled = np.array([src == "sampled" for *_, src in rows], dtype=bool)
-    if opt.verify:
-        pos = engaged & (score >= opt.tau_pos)
-        neg = sampled & ~engaged & (score < opt.tau_neg)
-    else:
-        pos = engaged.copy()
-        neg = sampled & ~engaged
-    times["verify"] = time.time() - s
-    counts = {
-        "candidates": int(sampled.sum()),
-        "candidate_hits": int((sampled & engaged).sum()),
-        "observed_novel": int((~sampled).sum()),
-        "verified_positive": int(pos.sum()),
-        "verified_negative": int(neg.sum()),
-        "relevance_auc_period": scoring.auc(engaged, score) if len(rows) else float("nan"),
-    }
-    console.log(
-        f"round {k}: {counts['candidates']} candidates ({counts['candidate_hits']} engaged), "
-        f"{counts['verified_positive']} verified positives, "
-        f"{counts['verified_negative']} verified negatives"
-    )
-
-    # Previous Novelty's proposals for the held-out users (scored after any Relevance update).
-    held_prompts = [prompter.novelty(u.context) for u in held]
-    held_banned = [u.banned for u in held]
-    prev_cands = scoring.top_clusters(novelty, tok, held_prompts, held_banned, clusters, opt.n)
-
-    # 4. Fine-tune Novelty from round k-1.
-    s = time.time()
-    objective = opt.objective if (opt.kl or opt.objective != "sft_kl") else "sft"
-    pos_rows = _cap_per_user(rows, pos, opt.positives_per_user, llm.seed + k)
-    new_prompts = [prompts[j] for j, _, _ in pos_rows]
-    new_targets = [c for _, c, _ in pos_rows]
-    replay_p, replay_t = _replay(track, k, len(new_prompts), opt.replay, llm.seed + k)
-    fit = {"skipped": "no verified positives"}
-    if objective == "dpo":
-        pairs = _dpo_pairs(rows, pos, neg, prompts)
-        if pairs:
-            fit = train_novelty(
-                novelty,
-                tok,
-                [],
-                objective="dpo",
-                dpo_pairs=pairs,
-                valid_clusters=clusters,
-                beta=opt.beta,
-                epochs=opt.epochs,
-                lr=opt.lr,
-                batch_size=opt.batch_size,
-                progress=_progress(f"round {k} novelty (dpo)"),
-                seed=llm.seed + k,
-            )
-    elif new_prompts:
-        examples = list(zip(new_prompts + replay_p, new_targets + replay_t, strict=True))
-        fit = train_novelty(
-            novelty,
-            tok,
-            examples,
-            objective=objective,
-            kl_weight=opt.kl_weight,
-            valid_clusters=clusters,
-            epochs=opt.epochs,
-            lr=opt.lr,
-            batch_size=opt.batch_size,
-            progress=_progress(f"round {k} novelty ({objective})"),
-            seed=llm.seed + k,
-        )
-    times["finetune"] = time.time() - s
-
-    # 5. Optional continual update of Relevance on period-k labels.
-    rel_fit = None
-    if opt.update_relevance and len(rows):
+    def _timed(self, name: str, step) -> None:
         s = time.time()
-        labelled = [
-            (rel_prompts[i], int(engaged[i])) for i in range(len(rows)) if engaged[i] or sampled[i]
-        ]
-        rel_fit = train_relevance(
-            relevance,
-            rtok,
-            labelled,
-            epochs=opt.epochs,
-            lr=opt.lr,
-            batch_size=opt.batch_size,
-            progress=_progress(f"round {k} relevance"),
-            seed=llm.seed + k,
+        step()
+        self.times[name] = time.time() - s
+
+    def setup(self) -> None:
+        """Period k's active users, split into verification and held-out users; the current
+        adapters loaded."""
+        o, k = self.opt, self.k
+        self.users = period_users(self.world, k, use_dsie=o.dsie)
+        with_novel = [u for u in self.users if u.novel]
+        train_ids, held_ids = split_users(
+            [u.context.user for u in with_novel], o.holdout, self.seed_k
         )
-        times["relevance"] = time.time() - s
+        self.train = [u for u in self.users if u.context.user in train_ids or not u.novel]
+        self.held = [u for u in with_novel if u.context.user in held_ids]
+        console.log(
+            f"round {k}: period {k} has {len(self.users)} active users ({len(with_novel)} engaged "
+            f"a new cluster); {len(self.train)} for verification, {len(self.held)} held out for "
+            "re-evaluation"
+        )
+        cur, root = self.state["current"], Path(self.track.root)
+        self.novelty, self.tok = load_model(self.spec, root / cur["novelty"], True)
+        self.relevance, self.rtok = load_model(
+            self.spec, root / cur["relevance"], o.update_relevance
+        )
 
-    # 6. Re-evaluate on held-out users: the new Novelty's candidates, ranked by Relevance.
-    s = time.time()
-    new_cands = scoring.top_clusters(novelty, tok, held_prompts, held_banned, clusters, opt.n)
-    truth = [u.novel for u in held]
-    pop = cluster_popularity(world, k)
-    quality = {}
-    for name, cands in (("previous", prev_cands), ("new", new_cands)):
-        flat = [(held[j].context, c) for j, row in enumerate(cands) for c in row]
-        sc = relevance_scores(relevance, rtok, [prompter.relevance(x, c) for x, c in flat]).numpy()
-        best = scoring.rerank(cands, sc, opt.top_m)
-        quality[name] = {
-            f"novelty_hr@{opt.top_m}": scoring.hit_rate([r[: opt.top_m] for r in cands], truth),
-            f"coea_hr@{opt.top_m}": scoring.hit_rate(best, truth),
-            f"coea_precision@{opt.top_m}": scoring.precision(best, truth, opt.top_m),
-            **{
-                f"cluster_{a}": b
-                for a, b in scoring.cluster_novelty(best, pop, world.n_users).items()
+    def generate(self) -> None:
+        """n constrained, novelty-filtered samples per user from Novelty_(k-1)."""
+        from coea_cli.llm.decoding import ClusterTrie, sample_clusters
+
+        self.prompts = [self.prompter.novelty(u.context) for u in self.train]
+        trie = ClusterTrie.from_clusters(self.tok, self.clusters)
+        self.samples = sample_clusters(
+            self.novelty, self.tok, self.prompts, trie, [u.banned for u in self.train],
+            n=self.opt.n, temperature=self.opt.temperature, seed=self.seed_k,
+        )  # fmt: skip
+
+    def verify(self) -> None:
+        """Relevance_(k-1) scores sampled and observed novel clusters; data gives the truth.
+        Also the previous Novelty's proposals for the held-out users (judged later)."""
+        from coea_cli.llm.decoding import relevance_scores
+
+        o, train = self.opt, self.train
+        rows = []  # (train index, cluster, source)
+        for j, (u, cand) in enumerate(zip(train, self.samples.clusters, strict=True)):
+            for c in dict.fromkeys(cand):
+                rows.append((j, c, "sampled"))
+            for c in sorted(u.novel - set(cand)):
+                rows.append((j, c, "observed"))
+        self.rows = rows
+        self.rel_prompts = [self.prompter.relevance(train[j].context, c) for j, c, _ in rows]
+        self.score = (
+            relevance_scores(self.relevance, self.rtok, self.rel_prompts).numpy()
+            if rows
+            else np.zeros(0)
+        )
+        self.engaged = np.array([c in train[j].novel for j, c, _ in rows], dtype=bool)
+        self.sampled = np.array([src == "sampled" for *_, src in rows], dtype=bool)
+        if o.verify:
+            self.pos = self.engaged & (self.score >= o.tau_pos)
+            self.neg = self.sampled & ~self.engaged & (self.score < o.tau_neg)
+        else:
+            self.pos = self.engaged.copy()
+            self.neg = self.sampled & ~self.engaged
+        self.counts = {
+            "candidates": int(self.sampled.sum()),
+            "candidate_hits": int((self.sampled & self.engaged).sum()),
+            "observed_novel": int((~self.sampled).sum()),
+            "verified_positive": int(self.pos.sum()),
+            "verified_negative": int(self.neg.sum()),
+            "relevance_auc_period": (
+                scoring.auc(self.engaged, self.score) if len(rows) else float("nan")
+            ),
+        }
+        c = self.counts
+        console.log(
+            f"round {self.k}: {c['candidates']} candidates ({c['candidate_hits']} engaged), "
+            f"{c['verified_positive']} verified positives, {c['verified_negative']} verified "
+            "negatives"
+        )
+        self.held_prompts = [self.prompter.novelty(u.context) for u in self.held]
+        self.held_banned = [u.banned for u in self.held]
+        self.prev_cands = scoring.top_clusters(
+            self.novelty, self.tok, self.held_prompts, self.held_banned, self.clusters, o.n
+        )
+
+    def finetune(self) -> None:
+        """Novelty fine-tuned from round k-1 on the verified positives (plus replay), or on
+        verified pairs with DPO."""
+        from coea_cli.llm.train import train_novelty
+
+        o = self.opt
+        self.objective = o.objective if (o.kl or o.objective != Objective.sft_kl) else "sft"
+        pos_rows = _cap_per_user(self.rows, self.pos, o.positives_per_user, self.seed_k)
+        self.new_prompts = [self.prompts[j] for j, _, _ in pos_rows]
+        self.new_targets = [c for _, c, _ in pos_rows]
+        self.replay_p, replay_t = _replay(
+            self.track, self.k, len(self.new_prompts), o.replay, self.seed_k
+        )
+        common = dict(
+            valid_clusters=self.clusters, epochs=o.epochs, lr=o.lr, batch_size=o.batch_size,
+            progress=_progress(f"round {self.k} novelty ({self.objective})"), seed=self.seed_k,
+        )  # fmt: skip
+        self.fit = {"skipped": "no verified positives"}
+        if self.objective == Objective.dpo:
+            pairs = _dpo_pairs(self.rows, self.pos, self.neg, self.prompts)
+            if pairs:
+                self.fit = train_novelty(
+                    self.novelty, self.tok, [], objective="dpo", dpo_pairs=pairs, beta=o.beta,
+                    **common,
+                )  # fmt: skip
+        elif self.new_prompts:
+            examples = list(
+                zip(self.new_prompts + self.replay_p, self.new_targets + replay_t, strict=True)
+            )
+            self.fit = train_novelty(
+                self.novelty, self.tok, examples, objective=str(self.objective),
+                kl_weight=o.kl_weight, **common,
+            )  # fmt: skip
+
+    def update_relevance(self) -> None:
+        """Continual update of Relevance on period k's labels (--update-relevance)."""
+        from coea_cli.llm.train import train_relevance
+
+        o = self.opt
+        labelled = [
+            (self.rel_prompts[i], int(self.engaged[i]))
+            for i in range(len(self.rows))
+            if self.engaged[i] or self.sampled[i]
+        ]
+        self.rel_fit = train_relevance(
+            self.relevance, self.rtok, labelled, epochs=o.epochs, lr=o.lr,
+            batch_size=o.batch_size, progress=_progress(f"round {self.k} relevance"),
+            seed=self.seed_k,
+        )  # fmt: skip
+
+    def reevaluate(self) -> None:
+        """Held-out users: the previous and the new Novelty's candidates, ranked by Relevance;
+        the round is rejected when precision drops by more than epsilon."""
+        from coea_cli.llm.decoding import relevance_scores
+
+        o, held = self.opt, self.held
+        new_cands = scoring.top_clusters(
+            self.novelty, self.tok, self.held_prompts, self.held_banned, self.clusters, o.n
+        )
+        truth = [u.novel for u in held]
+        pop = cluster_popularity(self.world, self.k)
+        self.quality = {}
+        for name, cands in (("previous", self.prev_cands), ("new", new_cands)):
+            flat = [(held[j].context, c) for j, row in enumerate(cands) for c in row]
+            prompts = [self.prompter.relevance(x, c) for x, c in flat]
+            sc = relevance_scores(self.relevance, self.rtok, prompts).numpy()
+            best = scoring.rerank(cands, sc, o.top_m)
+            novelty = scoring.cluster_novelty(best, pop, self.world.n_users)
+            self.quality[name] = {
+                f"novelty_hr@{o.top_m}": scoring.hit_rate([r[: o.top_m] for r in cands], truth),
+                f"coea_hr@{o.top_m}": scoring.hit_rate(best, truth),
+                f"coea_precision@{o.top_m}": scoring.precision(best, truth, o.top_m),
+                **{f"cluster_{a}": b for a, b in novelty.items()},
+            }
+        key = f"coea_precision@{o.top_m}"  # hit rates saturate: users try many new clusters
+        self.accepted = True
+        if o.reeval and len(held):
+            q = self.quality
+            self.accepted = not (q["new"][key] < q["previous"][key] - o.epsilon)
+
+    def save(self) -> None:
+        """Adapters of round k and the round's tables."""
+        k, track = self.k, self.track
+        _save(self.novelty, self.tok, track.adapter("novelty", k))
+        self.relevance_path = self.state["current"]["relevance"]
+        if self.opt.update_relevance:
+            _save(self.relevance, self.rtok, track.adapter("relevance", k))
+            self.relevance_path = track.relative(track.adapter("relevance", k))
+        rows = self.rows
+        cand = pa.table(
+            {
+                "user_id": pa.array([self.train[j].context.user for j, _, _ in rows], pa.int32()),
+                "cluster": pa.array([c[0] for _, c, _ in rows], pa.int32()),
+                "source": pa.array([src for *_, src in rows], pa.string()),
+                "relevance": pa.array(self.score.astype(np.float32)),
+                "engaged": pa.array(self.engaged),
+            }
+        )
+        store.write_parquet(self.out / "candidates.parquet", cand)
+        keep = self.pos | self.neg
+        labels = pa.array(self.pos[keep].astype(np.int8))
+        store.write_parquet(
+            self.out / "verified.parquet",
+            cand.filter(pa.array(keep)).append_column("label", labels),
+        )
+        table = _examples_table(self.new_prompts, self.new_targets, f"round{k}")
+        store.write_parquet(self.out / "examples.parquet", table)
+
+    def metrics(self) -> dict:
+        return {
+            "round": self.k,
+            "period": self.k,
+            "track": self.track.name,
+            "objective": str(self.objective),
+            "users": len(self.users),
+            "train_users": len(self.train),
+            "heldout_users": len(self.held),
+            **self.counts,
+            "replayed": len(self.replay_p),
+            "novelty_fit": self.fit,
+            "relevance_fit": getattr(self, "rel_fit", None),
+            "reeval": self.quality,
+            "accepted": self.accepted,
+            "invalid_samples": self.samples.invalid,
+            "options": self.opt.recorded(),
+            "seconds": {
+                **{a: round(b, 1) for a, b in self.times.items()},
+                "total": round(time.time() - self.t0, 1),
             },
+            "novelty_path": self.track.relative(self.track.adapter("novelty", self.k)),
+            "relevance_path": self.relevance_path,
         }
-    key = f"coea_precision@{opt.top_m}"  # hit rates saturate: users try many new clusters
-    accepted = True
-    if opt.reeval and len(held):
-        accepted = not (quality["new"][key] < quality["previous"][key] - opt.epsilon)
-    times["reeval"] = time.time() - s
-
-    # 7. Save adapters and the round's tables (the caller swaps the folder in, state last).
-    _save(novelty, tok, track.adapter("novelty", k))
-    relevance_path = cur["relevance"]
-    if opt.update_relevance:
-        _save(relevance, rtok, track.adapter("relevance", k))
-        relevance_path = str(track.adapter("relevance", k).relative_to(work))
-    cand = pa.table(
-        {
-            "user_id": pa.array([train[j].context.user for j, _, _ in rows], pa.int32()),
-            "cluster": pa.array([c[0] for _, c, _ in rows], pa.int32()),
-            "source": pa.array([src for *_, src in rows], pa.string()),
-            "relevance": pa.array(score.astype(np.float32)),
-            "engaged": pa.array(engaged),
-        }
-    )
-    store.write_parquet(out / "candidates.parquet", cand)
-    keep = pos | neg
-    store.write_parquet(
-        out / "verified.parquet",
-        cand.filter(pa.array(keep)).append_column("label", pa.array(pos[keep].astype(np.int8))),
-    )
-    store.write_parquet(
-        out / "examples.parquet", _examples_table(new_prompts, new_targets, f"round{k}")
-    )
-    metrics = {
-        "round": k,
-        "period": k,
-        "track": track.name,
-        "objective": objective,
-        "users": len(users),
-        "train_users": len(train),
-        "heldout_users": len(held),
-        **counts,
-        "replayed": len(replay_p),
-        "novelty_fit": fit,
-        "relevance_fit": rel_fit,
-        "reeval": quality,
-        "accepted": accepted,
-        "invalid_samples": samples.invalid,
-        "options": asdict(opt),
-        "seconds": {
-            **{a: round(b, 1) for a, b in times.items()},
-            "total": round(time.time() - t0, 1),
-        },
-        "novelty_path": str(track.adapter("novelty", k).relative_to(work)),
-        "relevance_path": relevance_path,
-    }
-    return metrics
 
 
 def _cap_per_user(rows, pos, cap: int, seed: int) -> list:
@@ -475,15 +489,16 @@ def report_on_test_period(world: World, model, tok, prompter, k: int = 5) -> dic
     """Evaluation only (never used to accept a round): the Novelty LLM's top-k novel clusters
     for users of the test period, with context as of its start. `first` counts a hit only on
     the first new cluster each user engages in the period; `any` on any of them."""
-    users = [u for u in period_users(world, world.test_period) if u.novel]
-    during = world.sequences(world.test_period, only_period=world.test_period)
+    test = world.test_period
+    users = [u for u in period_users(world, test) if u.novel]
+    during = world.history.during(test)
     first = []
     for u in users:
-        clusters = world.item_cluster[during[u.context.user]]
+        clusters = world.item_cluster[during.of(u.context.user)]
         first.append({next((int(c),) for c in clusters if (int(c),) not in u.banned)})
     prompts = [prompter.novelty(u.context) for u in users]
     top = scoring.top_clusters(model, tok, prompts, [u.banned for u in users], world.clusters(), k)
-    pop = cluster_popularity(world, world.test_period)
+    pop = cluster_popularity(world, test)
     return {
         f"test_first_novel_hr@{k}": scoring.hit_rate(top, first),
         f"test_novelty_hr@{k}": scoring.hit_rate(top, [u.novel for u in users]),

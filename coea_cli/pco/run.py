@@ -2,36 +2,23 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 from coea_cli import console, store
 from coea_cli.common import Ctx
 from coea_cli.errors import BadInput
-from coea_cli.pco.context import load_world
-from coea_cli.pco.models import LLMOptions, ensure_backbone, sid_token_list
-from coea_cli.pco.rounds import RoundOptions, report_on_test_period, round_k, round_zero
-from coea_cli.pco.state import MAIN, Track, load_state, save_state
-
-OBJECTIVES = ("sft_kl", "dpo", "sft")
-
-
-def options(o: dict, seed: int, device: str) -> tuple[LLMOptions, RoundOptions]:
-    if o["objective"] not in OBJECTIVES:
-        raise BadInput(f"--objective must be one of {', '.join(OBJECTIVES)}")
-    llm = LLMOptions(
-        base_model=o["base_model"], quant=None if o["quant"] == "auto" else o["quant"],
-        device=device, lora_r=o["lora_r"], attn=o["attn"], backbone_hidden=o["backbone_hidden"],
-        backbone_layers=o["backbone_layers"], backbone_steps=o["backbone_steps"], seed=seed,
-    )  # fmt: skip
-    fields = {f.name for f in dataclasses.fields(RoundOptions)}
-    rnd = RoundOptions(**{k: v for k, v in o.items() if k in fields})
-    return llm, rnd
+from coea_cli.llm.context import Prompter, World
+from coea_cli.llm.models import LORA_ALPHA, LLMSpec, load_model, spec_of
+from coea_cli.options import PcoOptions
+from coea_cli.pco.backbone import ensure_backbone
+from coea_cli.pco.rounds import RoundK, RoundZero, report_on_test_period
+from coea_cli.workspace import Serving, Track, Workspace
+from coea_cli.workspace.tracks import fingerprint
 
 
-def plan(state: dict | None, world, rounds: int, round_: int | None) -> list[int]:
+def plan(state: dict | None, test_period: int, rounds: int, round_: int | None) -> list[int]:
     """Round numbers to run: round 0 when there is no state, then one per new period."""
-    last_period = world.test_period - 1  # the test period is never trained on
+    last_period = test_period - 1  # the test period is never trained on
     done = -1 if state is None else int(state["round"])
     if round_ is not None:
         if round_ > done + 1:
@@ -43,27 +30,70 @@ def plan(state: dict | None, world, rounds: int, round_: int | None) -> list[int
     return todo[:rounds]
 
 
-def run_pco(ctx: Ctx) -> dict:
-    o = ctx.options
-    track = Track(ctx.work, o["track"] or MAIN)
-    llm, rnd = options(o, ctx.seed, ctx.device)
+def serving_record(ws: Workspace, o: PcoOptions, backbone: Path) -> Serving:
+    """What this run's adapters are trained with, for the state file."""
+    inside = backbone.resolve().is_relative_to(ws.root.resolve())
+    return Serving(
+        base_model=o.base_model if o.base_model == "scratch" else str(backbone.resolve()),
+        backbone=backbone.resolve().relative_to(ws.root.resolve()).as_posix()
+        if inside
+        else str(backbone.resolve()),
+        backbone_fingerprint=fingerprint(backbone),
+        quant=str(o.quant),
+        attn=str(o.attn),
+        lora_r=o.lora_r,
+        lora_alpha=LORA_ALPHA,
+        sid_version=ws.sids().version,
+    )
+
+
+def check_same_training(state: dict | None, new: Serving, track: Track) -> None:
+    """A track's rounds all train on one backbone, quantisation, LoRA shape and SID version;
+    continuing with other settings would fine-tune adapters against a model they do not fit."""
+    if state is None or "serving" not in state:
+        return
+    old = Serving.from_dict(state["serving"], track.state_path())
+    changed = [
+        f"{k}: {getattr(old, k)} -> {getattr(new, k)}"
+        for k in ("base_model", "backbone_fingerprint", "quant", "lora_r", "sid_version")
+        if getattr(old, k) != getattr(new, k)
+    ]
+    if changed:
+        raise BadInput(
+            f"track {track.name} was trained with other settings ({'; '.join(changed)}); use "
+            "the same options, or rerun from round 0 (`coea pco-round --round 0`) after "
+            "rebuilding what changed"
+        )
+
+
+def run_pco(ctx: Ctx[PcoOptions]) -> dict:
+    o = ctx.opts
+    ws = ctx.ws
+    track = ws.track(o.track)
     with store.workspace_lock(ctx.work, "pco-round"):
-        world = load_world(ctx.work)
-        state = load_state(track)
-        todo = plan(state, world, o["rounds"], o["round"])
+        world = World.load(ws)
+        state = track.state()
+        todo = plan(state, world.test_period, o.rounds, o.round)
         if not todo:
             console.log(f"nothing to do: track {track.name} has run every period before the test")
             return {"status": "nothing to do", "round": state["round"] if state else None}
-        if o["dry_run"]:
+        if o.dry_run:
             for k in todo:
                 what = "initial training on period 0" if k == 0 else f"fine-tune on period {k}"
                 console.log(f"would run round {k} ({what}) on track {track.name}")
-            return {"status": "dry run", "rounds": todo, "track": track.name, "options": o}
-        backbone = ensure_backbone(ctx.work, world, llm)
-        tokens = sid_token_list(ctx.work)
+            return {
+                "status": "dry run",
+                "rounds": todo,
+                "track": track.name,
+                "options": o.recorded(),
+            }
+        backbone = ensure_backbone(ws, world, o, ctx.seed)
+        serving = serving_record(ws, o, backbone)
+        check_same_training(state if todo[0] > 0 else None, serving, track)
+        spec = spec_of(serving, backbone, ws, ctx.device, ctx.seed)
         results = []
         for k in todo:
-            state = _one_round(ctx, track, k, state, world, backbone, llm, rnd, tokens)
+            state = _one_round(ctx, track, k, state, world, spec, serving)
             results.append(state["history"][-1])
     last = results[-1]
     return {
@@ -76,31 +106,36 @@ def run_pco(ctx: Ctx) -> dict:
     }
 
 
-def _one_round(ctx, track, k, state, world, backbone, llm, rnd, tokens) -> dict:
-    from coea_cli.pco.models import load_model
-    from coea_cli.pco.scoring import Prompter
+def _inputs(ws: Workspace, track: Track, state: dict | None, spec: LLMSpec) -> list[Path]:
+    """What a round reads: the data, SIDs, groups, the backbone and the current adapters."""
+    paths = [ws.data.require("interactions"), ws.sids_dir.require("sids")]
+    paths += [ws.groups_dir.require("groups"), ws.groups_dir.require("personas")]
+    if spec.backbone.resolve().is_relative_to(ws.root.resolve()):
+        paths.append(spec.backbone)
+    if state is not None:
+        paths += [Path(track.root) / state["current"][role] for role in ("novelty", "relevance")]
+    return paths
 
+
+def _one_round(ctx, track: Track, k: int, state, world, spec: LLMSpec, serving: Serving) -> dict:
     folder = track.round_dir(k)
-    options = {**ctx.options, "round": k}
-    with store.stage(folder, "pco-round", options, [], ctx.seed) as st:
+    o = ctx.opts
+    inputs = _inputs(ctx.ws, track, state if k > 0 else None, spec)
+    st = ctx.stage(folder, inputs, {**o.recorded(), "round": k})
+    with st.write() as tmp:
         if k == 0:
-            metrics = round_zero(world, track, backbone, llm, rnd, tokens, st.tmp)
+            metrics = RoundZero(world, track, spec, o, tmp).run()
             metrics["accepted"] = True
-            novelty = str(track.adapter("novelty", 0).relative_to(ctx.work))
-            relevance = str(track.adapter("relevance", 0).relative_to(ctx.work))
+            novelty = track.relative(track.adapter("novelty", 0))
+            relevance = track.relative(track.adapter("relevance", 0))
         else:
-            metrics = round_k(world, track, k, state, backbone, llm, rnd, tokens, st.tmp)
-            novelty = (
-                metrics["novelty_path"] if metrics["accepted"] else state["current"]["novelty"]
-            )
-            relevance = (
-                metrics["relevance_path"] if metrics["accepted"] else state["current"]["relevance"]
-            )
-        model, tok = load_model(backbone, llm, Path(ctx.work) / novelty, False, tokens)
-        metrics["test"] = report_on_test_period(
-            world, model, tok, Prompter(world, rnd.template_dir)
-        )
-        store.write_json(st.tmp / "metrics.json", metrics)
+            metrics = RoundK(world, track, spec, o, tmp, k, state).run()
+            cur = state["current"]
+            novelty = metrics["novelty_path"] if metrics["accepted"] else cur["novelty"]
+            relevance = metrics["relevance_path"] if metrics["accepted"] else cur["relevance"]
+        model, tok = load_model(spec, Path(track.root) / novelty, False)
+        metrics["test"] = report_on_test_period(world, model, tok, Prompter(world, o.template_dir))
+        store.write_json(tmp / "metrics.json", metrics)
     verdict = "accepted" if metrics["accepted"] else "rejected: previous adapters stay current"
     console.log(f"round {k} {verdict}")
     history = [h for h in (state or {}).get("history", []) if h["round"] < k]
@@ -110,15 +145,14 @@ def _one_round(ctx, track, k, state, world, backbone, llm, rnd, tokens) -> dict:
         "accepted": metrics["accepted"],
         "novelty": novelty,
         "relevance": relevance,
-        "metrics": str((folder / "metrics.json").relative_to(ctx.work)),
+        "metrics": track.relative(folder / "metrics.json"),
     }
     new_state = {
         "track": track.name,
         "round": k,
         "current": {"novelty": novelty, "relevance": relevance},
-        "backbone": str(backbone),
-        "base_model": llm.base_model,
+        "serving": serving.to_dict(),
         "history": [*history, entry],
     }
-    save_state(track, new_state)  # last: the round only counts once this is written
+    track.save_state(new_state)  # last: the round only counts once this is written
     return new_state

@@ -1,4 +1,4 @@
-"""Prompting and scoring helpers shared by the rounds, recommend and evaluate."""
+"""Scoring helpers of the PCO rounds: exact top clusters, hit rates, best-of-n, AUC."""
 
 from __future__ import annotations
 
@@ -7,49 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from coea_cli.pco.context import Cluster, Context, World
-
-
-class Prompter:
-    """Renders Novelty and Relevance prompts with the workspace's cluster descriptions.
-
-    Prompts are kept near 130 tokens (persona and descriptions truncated): on CPU the cost of
-    every round is proportional to prompt length.
-    """
-
-    def __init__(self, world: World, template_dir=None):
-        from coea_cli.llm.prompts import PromptLimits, load_templates
-
-        self.world = world
-        self.templates = load_templates(template_dir)
-        self.limits = PromptLimits(
-            max_recent=4, max_familiar=16, max_desc_chars=40, max_persona_chars=120
-        )
-
-    def novelty(self, ctx: Context) -> str:
-        from coea_cli.llm.prompts import novelty_prompt
-
-        return novelty_prompt(
-            ctx.persona,
-            ctx.recent,
-            ctx.familiar,
-            self.world.describe,
-            templates=self.templates,
-            limits=self.limits,
-        )
-
-    def relevance(self, ctx: Context, cluster: Cluster) -> str:
-        from coea_cli.llm.prompts import relevance_prompt
-
-        return relevance_prompt(
-            ctx.persona,
-            ctx.recent,
-            ctx.familiar,
-            cluster,
-            self.world.describe,
-            templates=self.templates,
-            limits=self.limits,
-        )
+from coea_cli.workspace import Cluster
 
 
 def top_clusters(

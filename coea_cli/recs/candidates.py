@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from coea_cli.pco.context import Cluster, Context, World
-from coea_cli.pco.scoring import Prompter
+from coea_cli.llm.context import Context, Prompter, World
+from coea_cli.workspace import Cluster
 
 Key = tuple[int, tuple[int, ...]]
 

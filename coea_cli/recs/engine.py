@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from coea_cli import console
-from coea_cli.pco.context import World, context_of
-from coea_cli.pco.models import LLMOptions, load_model, sid_token_list
-from coea_cli.pco.scoring import Prompter
+from coea_cli.dsie.infer import encode_users, scores
+from coea_cli.dsie.infer import load_model as load_dsie
+from coea_cli.errors import BadInput
+from coea_cli.llm.context import Prompter, World, context_of
+from coea_cli.llm.models import LLMSpec, load_model, serving_spec
+from coea_cli.options import ServeOptions
 from coea_cli.recs.candidates import key_candidates, key_of
-from coea_cli.recs.lists import ListOptions, clusters_to_items, user_list
+from coea_cli.recs.lists import clusters_to_items, user_list
+from coea_cli.workspace import Track, Workspace
 
 
 @dataclass
@@ -23,71 +27,81 @@ class Variant:
     name: str
     novelty: Path
     relevance: Path
+    spec: LLMSpec
     use_dsie: bool = True  # persona + long-term context in prompts, DSIE item ranking
 
 
-@dataclass
-class EngineOptions:
-    n: int = 10
-    temperature: float = 1.0
-    key_recent: int = 3
-    seed: int = 0
-    lists: ListOptions = field(default_factory=ListOptions)
+def track_variant(
+    ws: Workspace, track: Track, device: str, seed: int, round_: int | None = None,
+    use_dsie: bool = True, name: str | None = None,
+) -> Variant:  # fmt: skip
+    """A track's current adapters (or a given round's), with the spec they were trained with."""
+    state = track.require_state()
+    spec = serving_spec(ws, track, state, device, seed)
+    if round_ is None:
+        entry, label = state["current"], track.name
+    else:
+        entry = next((h for h in state["history"] if h["round"] == round_), None)
+        if entry is None:
+            raise BadInput(f"--round {round_}: track {track.name} has no round {round_}")
+        label = f"{track.name}@{round_}"
+    return Variant(
+        name or label, ws.root / entry["novelty"], ws.root / entry["relevance"], spec, use_dsie
+    )
 
 
 class Engine:
     """Holds the workspace tables, DSIE and per-user item scores at one cutoff."""
 
-    def __init__(self, work: Path, before_period: int, llm: LLMOptions, world: World | None = None):
-        from coea_cli.dsie.keys import encode_users
-        from coea_cli.dsie.keys import load_model as load_dsie
-
-        self.work = Path(work)
-        self.world = world or _load_world(work)
+    def __init__(self, ws: Workspace, before_period: int, device: str):
+        self.ws = ws
+        self.world = World.load(ws)
         self.before = before_period
-        self.llm = llm
-        self.backbone = (
-            self.work / "llm" / "backbone" if llm.base_model == "scratch" else Path(llm.base_model)
-        )
-        self.tokens = sid_token_list(work)
         self.prompter = Prompter(self.world)
-        self.history = self.world.sequences(before_period)
-        self.dsie = load_dsie(self.work, device="cpu")
-        self.states = encode_users(self.dsie, self.work, before_period)["fused"]
+        self.history = self.world.history.before(before_period)
+        self.dsie = load_dsie(ws, device=device)
+        self.states = self._states()
         self.items_of = clusters_to_items(self.world.item_cluster)
-        counts = np.bincount(
-            self.world.items[self.world.periods < before_period], minlength=self.world.n_items
-        )
+        counts = self.world.history.item_counts(before_period)
         self.popularity = np.log1p(counts).astype(np.float32)
 
+    def _states(self) -> np.ndarray:
+        """Fused DSIE states as of the cutoff: the ones train-dsie stored when they are for
+        this cutoff and this log, else encoded now."""
+        h = self.world.history
+        arrays, meta = self.ws.user_states()
+        if meta.get("before_period") == self.before and meta.get("interactions") == len(h.users):
+            return arrays["fused"]
+        return encode_users(self.dsie, h, self.world.group_of, self.before)["fused"]
+
     def seen(self, user: int) -> np.ndarray:
-        return self.history.get(int(user), np.zeros(0, dtype=np.int64))
+        return self.history.of(int(user))
 
     def dsie_scores(self, users: np.ndarray) -> np.ndarray:
-        from coea_cli.dsie.model import scores
-
         return scores(self.dsie, self.states[users])
 
-    def recommend(self, users: np.ndarray, variant: Variant, opt: EngineOptions) -> dict:
+    def recommend(
+        self, users: np.ndarray, variant: Variant, opt: ServeOptions, k: int, seed: int
+    ) -> dict:
         """{"lists": {user: RECORD array}, "keys": unique keys, "seconds": per stage}."""
         t0 = time.time()
         w = self.world
         ctx = {int(u): context_of(w, u, self.seen(u), use_dsie=True) for u in users}
         keys = {
-            u: key_of(w.group_of.get(u, -1), [c[0] for c in c_.recent], opt.key_recent)
+            u: key_of(int(w.group_of[u]), [c[0] for c in c_.recent], opt.key_recent)
             for u, c_ in ctx.items()
         }
         unique = sorted(set(keys.values()))
         t1 = time.time()
-        novelty = load_model(self.backbone, self.llm, variant.novelty, False, self.tokens)
-        relevance = load_model(self.backbone, self.llm, variant.relevance, False, self.tokens)
+        novelty = load_model(variant.spec, variant.novelty, False)
+        relevance = load_model(variant.spec, variant.relevance, False)
         console.log(
             f"{variant.name}: {len(users)} users share {len(unique)} serving keys; "
             f"sampling {opt.n} clusters per key"
         )
         cands = key_candidates(
             w, unique, novelty, relevance, self.prompter, n=opt.n,
-            temperature=opt.temperature, seed=opt.seed, use_dsie=variant.use_dsie,
+            temperature=opt.temperature, seed=seed, use_dsie=variant.use_dsie,
         )  # fmt: skip
         t2 = time.time()
         lists = {}
@@ -101,7 +115,7 @@ class Engine:
                 fam = {c[0] for c in ctx[int(u)].familiar}
                 lists[int(u)] = user_list(
                     row, self.seen(u), fam, cands[keys[int(u)]], self.items_of,
-                    w.item_cluster, opt.lists,
+                    w.item_cluster, k=k, top_m=opt.top_m, explore_ratio=opt.explore_ratio,
                 )  # fmt: skip
         t3 = time.time()
         return {
@@ -109,9 +123,3 @@ class Engine:
             "keys": len(unique),
             "seconds": {"keys": t1 - t0, "llm": t2 - t1, "lists": t3 - t2},
         }
-
-
-def _load_world(work: Path) -> World:
-    from coea_cli.pco.context import load_world
-
-    return load_world(work)

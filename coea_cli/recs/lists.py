@@ -8,21 +8,12 @@ goes to DSIE's own relevance ranking.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from coea_cli.recs.candidates import Candidate
 
 SOURCES = ("coea", "dsie")
 RECORD = np.dtype([("item", "<i4"), ("score", "<f4"), ("cluster", "<i4"), ("source", "u1")])
-
-
-@dataclass
-class ListOptions:
-    k: int = 20
-    top_m: int = 3
-    explore_ratio: float = 1.0
 
 
 def user_list(
@@ -32,13 +23,16 @@ def user_list(
     candidates: list[Candidate],
     items_of_cluster: dict[int, np.ndarray],
     item_cluster: np.ndarray,
-    opt: ListOptions,
+    *,
+    k: int,
+    top_m: int,
+    explore_ratio: float,
 ) -> np.ndarray:
     """One user's list as a RECORD array (at most k rows). `scores`: [N] item scores."""
     s = scores.astype(np.float64).copy()
     s[seen] = -np.inf
-    novel = [c.cluster[0] for c in candidates if c.cluster[0] not in familiar][: opt.top_m]
-    n_explore = round(opt.k * opt.explore_ratio)
+    novel = [c.cluster[0] for c in candidates if c.cluster[0] not in familiar][:top_m]
+    n_explore = round(k * explore_ratio)
     chosen: list[tuple[int, int]] = []
     if novel and n_explore > 0:
         pool = np.concatenate([items_of_cluster.get(c, np.zeros(0, np.int64)) for c in novel])
@@ -46,7 +40,7 @@ def user_list(
         top = pool[np.argsort(-s[pool], kind="stable")[:n_explore]]
         chosen += [(int(i), 0) for i in top]
         s[top] = -np.inf
-    rest = opt.k - len(chosen)
+    rest = k - len(chosen)
     if rest > 0:
         finite = np.flatnonzero(np.isfinite(s))
         top = finite[np.argsort(-s[finite], kind="stable")[:rest]]

@@ -116,7 +116,7 @@ def describe_clusters(
     popular items (period-0 interactions; ties by item id).
     Description: "Comedy, Romance: Sleepless in Seattle; Notting Hill; Clueless".
     """
-    from coea_cli.sids import cluster_token
+    from coea_cli.workspace import cluster_token
 
     cols = {"cluster": [], "prefix": [], "size": [], "top_categories": [], "description": []}
     order = np.lexsort((np.arange(len(c1)), -np.asarray(popularity), c1))

@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from coea_cli import console, store
-from coea_cli.common import Ctx, skip_if_fresh
-from coea_cli.errors import BadInput, MissingArtifact
-from coea_cli.sids import LETTERS, META_KEY, sid_paths, sid_strings
+from coea_cli.common import Ctx
+from coea_cli.errors import BadInput
+from coea_cli.options import SidMethod, SidOptions
+from coea_cli.workspace import SidLayout, Workspace, sids_table
+from coea_cli.workspace.sids import LETTERS
 
-METHODS = ("rqvae", "rq-kmeans")
 MAX_AUTO_K = 256
 
 
@@ -25,29 +26,6 @@ def auto_codebook_size(n_items: int) -> int:
     """
     k = 2 ** round(math.log2(math.sqrt(max(n_items, 1))))
     return int(min(max(k, 2), MAX_AUTO_K, n_items))
-
-
-def auto_epochs(n_items: int) -> int:
-    """Maximum RQ-VAE epochs: ceil(150,000 / N) clipped to [10, 200].
-
-    Small catalogues need many passes, large ones few (the number of optimiser steps is
-    what matters): 1,349 items -> 112 epochs (336 steps of 512); 100,000 items -> 10
-    epochs (1,960 steps).
-    """
-    return int(min(200, max(10, math.ceil(150_000 / max(n_items, 1)))))
-
-
-def parse_epochs(spec: str, n_items: int) -> int:
-    spec = str(spec).strip().lower()
-    if spec == "auto":
-        return auto_epochs(n_items)
-    try:
-        epochs = int(spec)
-    except ValueError:
-        raise BadInput(f"--epochs: expected auto or a positive integer (got {spec!r})") from None
-    if epochs < 1:
-        raise BadInput("--epochs must be >= 1")
-    return epochs
 
 
 def parse_sizes(spec: str, levels: int, n_items: int) -> tuple[int, ...]:
@@ -138,174 +116,94 @@ def build_codes(
     )
 
 
-def load_embeddings(path: Path, tensor: str, n_items: int) -> np.ndarray:
-    """Read one embedding tensor and check it against data/items.parquet."""
-    arrays, _ = store.read_tensors(path, "tokenize-items")
-    if tensor not in arrays:
-        raise BadInput(f"{path}: no tensor {tensor!r} (has {', '.join(sorted(arrays))})")
-    x = arrays[tensor]
-    if x.ndim != 2:
-        raise BadInput(f"{path}: tensor {tensor!r} must be [items, dim], got shape {x.shape}")
-    ids = arrays.get("item_id")
-    if ids is None:
-        raise BadInput(f"{path}: no item_id tensor")
-    if len(ids) != n_items or len(x) != n_items:
-        raise BadInput(
-            f"{path}: {len(ids)} item ids / {len(x)} rows, but data/items.parquet has "
-            f"{n_items} items; rerun `coea tokenize-items`"
-        )
-    bad = np.flatnonzero(ids != np.arange(n_items))
-    if len(bad):
-        r = int(bad[0])
-        raise BadInput(
-            f"{path}: row {r} has item_id {ids[r]}, expected {r} (the item order of "
-            "data/items.parquet); rerun `coea tokenize-items`"
-        )
-    finite = np.isfinite(x).all(axis=1)
-    if not finite.all():
-        r = int(np.flatnonzero(~finite)[0])
-        raise BadInput(
-            f"{path}: tensor {tensor!r} has NaN/Inf in {int((~finite).sum())} row(s), "
-            f"first at row {r} (item {r})"
-        )
-    return x.astype(np.float32)
-
-
-def _check_options(o: dict) -> None:
-    if o["method"] not in METHODS:
-        raise BadInput(f"--method must be one of {', '.join(METHODS)} (got {o['method']!r})")
-    if not 1 <= o["levels"] < len(LETTERS):
-        raise BadInput(f"--levels must be 1..{len(LETTERS) - 1}")
-    parse_epochs(o["epochs"], 1)
-    for name in ("latent_dim", "batch_size", "patience", "init_sample"):
-        if o[name] < 1:
-            raise BadInput(f"--{name.replace('_', '-')} must be >= 1")
-    if o["cpu_threads"] < 0:
-        raise BadInput("--cpu-threads must be >= 0 (0 = torch's default)")
-    if o["rebalance_candidates"] < 1:
-        raise BadInput("--rebalance-candidates must be >= 1")
-    if not (o["lr"] > 0 and o["beta"] >= 0):
-        raise BadInput("--lr must be > 0 and --beta >= 0")
-    try:
-        hidden = [int(v) for v in str(o["hidden"]).split(",") if v.strip()]
-    except ValueError:
-        raise BadInput(f"--hidden: expected comma-separated widths (got {o['hidden']!r})") from None
-    if any(h < 1 for h in hidden):
-        raise BadInput("--hidden: widths must be >= 1")
-
-
-def run_build_sids(ctx: Ctx) -> dict:
-    o = ctx.options
-    _check_options(o)
-    emb_path = (
-        Path(o["embeddings"]) if o["embeddings"] else ctx.path("items", "item_emb.safetensors")
-    )
-    items_path = ctx.path("data", "items.parquet")
-    inter_path = ctx.path("data", "interactions.parquet")
-    for p in (items_path, inter_path):
-        if not p.exists():
-            raise MissingArtifact(p, "prepare")
-    if not emb_path.exists():
-        raise MissingArtifact(emb_path, "tokenize-items")
-    paths = sid_paths(ctx.work)
-    inputs = [emb_path, items_path, inter_path]
-    st = store.Stage(paths["dir"], "build-sids", o, inputs, ctx.seed)
-    if skip_if_fresh(ctx, st.up_to_date(), str(paths["dir"])):
-        return summary(store.read_json(paths["report"]), fresh=True)
-
-    from coea_cli.items.encoder import pick_device
-    from coea_cli.items.run import check_items_table
+def run_build_sids(ctx: Ctx[SidOptions]) -> dict:
+    o = ctx.opts
+    ws = ctx.ws
+    inputs = [ws.data.require("items"), ws.data.require("interactions"), ws.items.require("emb")]
+    st = ctx.stage(ws.sids_dir.path, inputs)
+    if ctx.fresh(st):
+        return summary(ws.sid_report(), fresh=True)
 
     t0 = time.perf_counter()
-    device = pick_device(ctx.device)
-    items = store.read_parquet(items_path)
-    n = check_items_table(items, items_path)
-    x = load_embeddings(emb_path, o["embedding"], n)
-    sizes = parse_sizes(o["codebook_size"], o["levels"], n)
+    n = int(ws.dataset()["items"])
+    x = ws.item_embedding(str(o.embedding))
+    sizes = parse_sizes(o.codebook_size, o.levels, n)
     cfg = None
-    if o["method"] == "rqvae":
+    if o.method == SidMethod.rqvae:
         from coea_cli.sids.rqvae import RQConfig
 
         cfg = RQConfig(
             sizes=sizes,
-            latent=o["latent_dim"],
-            hidden=tuple(int(v) for v in str(o["hidden"]).split(",") if v.strip()),
-            beta=o["beta"],
-            lr=o["lr"],
-            batch_size=o["batch_size"],
-            epochs=parse_epochs(o["epochs"], n),
-            patience=o["patience"],
-            init_sample=o["init_sample"],
-            cpu_threads=o["cpu_threads"],
+            latent=o.latent_dim,
+            hidden=o.hidden_widths(),
+            beta=o.beta,
+            lr=o.lr,
+            batch_size=o.batch_size,
+            epochs=o.max_epochs(n),
+            patience=o.patience,
+            init_sample=o.init_sample,
+            cpu_threads=o.cpu_threads,
         )
     console.log(
-        f"{o['method']}: {n:,} items x {x.shape[1]} dims -> {len(sizes)} levels of {list(sizes)} "
-        f"codes ({o['embedding']} vectors)"
+        f"{o.method}: {n:,} items x {x.shape[1]} dims -> {len(sizes)} levels of {list(sizes)} "
+        f"codes ({o.embedding} vectors)"
     )
     build = build_codes(
         x,
-        method=o["method"],
+        method=str(o.method),
         sizes=sizes,
         cfg=cfg,
         seed=ctx.seed,
-        device=device,
-        rebalance=o["rebalance"],
-        candidates=o["rebalance_candidates"],
-        cpu_threads=o["cpu_threads"],
+        device=ctx.device,
+        rebalance=o.rebalance,
+        candidates=o.rebalance_candidates,
+        cpu_threads=o.cpu_threads,
     )
-    inter = store.read_parquet(inter_path, columns=["item_id", "period"])
-    with store.stage(paths["dir"], "build-sids", o, inputs, ctx.seed) as stg:
-        report = write_outputs(stg.tmp, build, items, inter, o, ctx.seed, t0)
-        stg.extra = {"summary": summary(report)}
+    items = ws.items_table()
+    history = ws.history()
+    with st.write() as tmp:
+        report = write_outputs(ws, tmp, build, items, history, o, ctx.seed, t0)
+        st.extra = {"summary": summary(report)}
     log_report(report)
     return summary(report)
 
 
-def write_outputs(folder: Path, build: SidBuild, items, inter, o: dict, seed: int, t0: float):
-    """sids.parquet, rqvae.safetensors, sid_index.lmdb, clusters.parquet, report.json."""
-    import json
-
+def write_outputs(
+    ws: Workspace,
+    folder: Path,
+    build: SidBuild,
+    items,
+    history,
+    o: SidOptions,
+    seed: int,
+    t0: float,
+) -> dict:
+    """sids.parquet, rqvae.safetensors, clusters.parquet, report.json."""
     import pyarrow as pa
 
     from coea_cli.sids.clusters import describe_clusters, genre_coherence, level_usage
-    from coea_cli.sids.index import write_index
 
     codes, sizes = build.codes, build.sizes
-    levels = codes.shape[1] - 1
+    layout = SidLayout(tuple(sizes), str(o.method))
+    levels = layout.levels
     n = len(codes)
-    item_ids = np.arange(n, dtype=np.int32)
-    meta = {
-        "levels": levels,
-        "sizes": list(sizes),
-        "letters": list(LETTERS[: levels + 1]),
-        "dedup_letter": LETTERS[levels],
-        "method": o["method"],
-    }
+    meta = layout.meta()
     t = time.perf_counter()
-    sids = sid_strings(codes)
-    cols = {"item_id": pa.array(item_ids)}
-    for level in range(levels):
-        cols[f"c{level + 1}"] = pa.array(codes[:, level])
-    cols["dup"] = pa.array(codes[:, levels])
-    cols["sid"] = pa.array(sids, pa.string())
-    table = pa.table(cols).replace_schema_metadata({META_KEY: json.dumps(meta)})
-    store.write_parquet(folder / "sids.parquet", table)
+    store.write_parquet(ws.sids_dir.file("sids", folder), sids_table(codes, layout))
+    sids = layout.strings(codes)
 
     q = build.quantized
     store.write_tensors(
-        folder / "rqvae.safetensors",
+        ws.sids_dir.file("model", folder),
         q.tensors,
-        {"method": o["method"], "embedding": o["embedding"], "meta": meta, **_model_meta(q)},
+        {"method": str(o.method), "embedding": str(o.embedding), "meta": meta, **_model_meta(q)},
     )
-    n_records = write_index(folder / "sid_index.lmdb", item_ids, codes, sids, meta)
-
-    period = inter["period"].to_numpy()
-    popularity = np.bincount(inter["item_id"].to_numpy()[period == 0], minlength=n)
+    popularity = history.item_counts(1)  # period 0
     categories = items["categories"].to_pylist() if "categories" in items.column_names else None
     titles = items["title"].to_pylist() if "title" in items.column_names else [None] * n
     clusters = describe_clusters(codes[:, 0], sizes[0], categories, titles, popularity)
     store.write_parquet(
-        folder / "clusters.parquet",
+        ws.sids_dir.file("clusters", folder),
         pa.table(
             {
                 "cluster": pa.array(clusters["cluster"], pa.int32()),
@@ -319,9 +217,9 @@ def write_outputs(folder: Path, build: SidBuild, items, inter, o: dict, seed: in
     coherence = genre_coherence(codes[:, 0], categories, seed) if categories else None
     unique = len(set(sids))
     report = {
-        "method": o["method"],
+        "method": str(o.method),
         "items": n,
-        "embedding": o["embedding"],
+        "embedding": str(o.embedding),
         "dims": int(q.last_residual.shape[1]),
         "levels": levels,
         "codebook_sizes": list(sizes),
@@ -348,12 +246,11 @@ def write_outputs(folder: Path, build: SidBuild, items, inter, o: dict, seed: in
             "mse": q.recon_mse,
             "relative": q.recon_relative,
             "error_by_level": q.error_by_level,
-            "space": "latent" if o["method"] == "rqvae" else "input",
+            "space": "latent" if o.method == SidMethod.rqvae else "input",
         },
         "genre_coherence": coherence,
         "clusters_nonempty": int(sum(1 for s in clusters["size"] if s)),
         "training": {k: v for k, v in q.info.items() if k != "config"},
-        "index_records": n_records,
         "seconds": {
             **build.seconds,
             "outputs": round(time.perf_counter() - t, 3),
@@ -361,7 +258,7 @@ def write_outputs(folder: Path, build: SidBuild, items, inter, o: dict, seed: in
         },
         "seed": seed,
     }
-    store.write_json(folder / "report.json", report)
+    store.write_json(ws.sids_dir.file("report", folder), report)
     return report
 
 

@@ -1,0 +1,158 @@
+"""What the LLMs see about a user: group persona, recent and familiar interest clusters.
+
+Everything is computed from interactions strictly before a cutoff (a period start, or a
+position inside a user's sequence), so no prompt ever contains the future it is judged on.
+`World` is the workspace as the LLM steps (PCO rounds, serving, evaluation) read it, loaded
+once through the workspace layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from coea_cli.workspace import Cluster, History, Workspace
+from coea_cli.workspace.history import distinct_last, recent_distinct
+
+
+@dataclass
+class World:
+    """The history plus the prompt vocabulary: each item's cluster, cluster descriptions,
+    each user's group and each group's persona."""
+
+    history: History
+    item_cluster: np.ndarray  # [N] level-1 cluster per item
+    n_clusters: int
+    describe: dict[Cluster, str]
+    group_of: np.ndarray  # [U] group of each user
+    persona: dict[int, str]
+
+    @classmethod
+    def load(cls, ws: Workspace) -> World:
+        sids = ws.sids()
+        groups = ws.groups()
+        return cls(
+            history=ws.history(),
+            item_cluster=sids.cluster_of_items(),
+            n_clusters=sids.n_clusters(),
+            describe={(c,): d for c, d in sids.descriptions.items()},
+            group_of=groups.of_user,
+            persona=groups.persona_text,
+        )
+
+    @property
+    def n_users(self) -> int:
+        return self.history.n_users
+
+    @property
+    def n_items(self) -> int:
+        return self.history.n_items
+
+    @property
+    def test_period(self) -> int:
+        return self.history.test_period
+
+    def clusters(self) -> list[Cluster]:
+        """Every cluster that holds an item, ascending."""
+        return [(int(c),) for c in np.unique(self.item_cluster)]
+
+    def persona_of(self, user: int) -> str:
+        """The persona of the user's group ("" for a user without a group)."""
+        if not 0 <= user < len(self.group_of):
+            return ""
+        return self.persona.get(int(self.group_of[user]), "")
+
+
+@dataclass
+class Context:
+    user: int
+    persona: str
+    recent: list[Cluster]  # most recent last
+    familiar: list[Cluster]  # every cluster seen, most recent last
+
+
+def context_of(
+    world: World,
+    user: int,
+    history: np.ndarray,
+    *,
+    recent: int = 5,
+    short_window: int = 10,
+    use_dsie: bool = True,
+) -> Context:
+    """Context from a user's item history (time order).
+
+    With `use_dsie` the prompt carries the group persona and the whole history's clusters
+    (long-term identity); without it only the short-term window is shown (the `--no-dsie`
+    ablation), though decoding still bans every cluster the user has seen.
+    """
+    clusters = world.item_cluster[history] if len(history) else np.zeros(0, dtype=np.int64)
+    familiar = distinct_last(clusters)
+    window = clusters[max(0, len(clusters) - short_window) :] if not use_dsie else clusters
+    shown_recent = recent_distinct(window, recent)
+    persona = world.persona_of(user) if use_dsie else ""
+    shown_familiar = familiar if use_dsie else distinct_last(window)
+    return Context(
+        user=int(user),
+        persona=persona,
+        recent=[(int(c),) for c in shown_recent],
+        familiar=[(int(c),) for c in shown_familiar],
+    )
+
+
+def banned(world: World, history: np.ndarray) -> set[Cluster]:
+    """Every cluster in the history: the Novelty LLM must not propose it."""
+    if not len(history):
+        return set()
+    return {(int(c),) for c in np.unique(world.item_cluster[history])}
+
+
+def cluster_popularity(world: World, before_period: int) -> np.ndarray:
+    """Number of distinct users engaging each cluster before a period."""
+    h = world.history
+    mask = h.periods < before_period
+    pairs = np.unique(np.stack([h.users[mask], world.item_cluster[h.items[mask]]]), axis=1)
+    return np.bincount(pairs[1], minlength=world.n_clusters)
+
+
+class Prompter:
+    """Renders Novelty and Relevance prompts with the workspace's cluster descriptions.
+
+    Prompts are kept near 130 tokens (persona and descriptions truncated): on CPU the cost of
+    every round is proportional to prompt length.
+    """
+
+    def __init__(self, world: World, template_dir=None):
+        from coea_cli.llm.prompts import PromptLimits, load_templates
+
+        self.world = world
+        self.templates = load_templates(template_dir)
+        self.limits = PromptLimits(
+            max_recent=4, max_familiar=16, max_desc_chars=40, max_persona_chars=120
+        )
+
+    def novelty(self, ctx: Context) -> str:
+        from coea_cli.llm.prompts import novelty_prompt
+
+        return novelty_prompt(
+            ctx.persona,
+            ctx.recent,
+            ctx.familiar,
+            self.world.describe,
+            templates=self.templates,
+            limits=self.limits,
+        )
+
+    def relevance(self, ctx: Context, cluster: Cluster) -> str:
+        from coea_cli.llm.prompts import relevance_prompt
+
+        return relevance_prompt(
+            ctx.persona,
+            ctx.recent,
+            ctx.familiar,
+            cluster,
+            self.world.describe,
+            templates=self.templates,
+            limits=self.limits,
+        )

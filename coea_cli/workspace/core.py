@@ -1,0 +1,381 @@
+"""The workspace: every artifact by name, each read through a validating, cached loader.
+
+Stages never build artifact paths themselves and never import another stage's command module:
+they ask the workspace. A missing, truncated or corrupt artifact raises ArtifactError naming
+the file and the command that rebuilds it (exit 2).
+
+    ws = Workspace("coea-work")
+    ws.dataset()              # data/dataset.json
+    ws.history()              # History: every user's items at any period cutoff
+    ws.sids()                 # Sids: codes, layout, version, cluster descriptions
+    ws.groups()               # Groups: group of each user, persona texts and embeddings
+    ws.track("main").state()  # PCO state (None before round 0)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from coea_cli import store
+from coea_cli.errors import ArtifactError
+from coea_cli.workspace.history import History
+from coea_cli.workspace.sids import META_KEY, SidLayout, Sids
+from coea_cli.workspace.tracks import Track, tracks
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+@dataclass(frozen=True)
+class Dir:
+    """An artifact folder: its files by key, and the command that writes it."""
+
+    path: Path
+    producer: str
+    files: dict[str, str]
+
+    def file(self, key: str, folder: Path | None = None) -> Path:
+        """The file's path in this folder, or in `folder` (a stage's temporary folder)."""
+        return (self.path if folder is None else Path(folder)) / self.files[key]
+
+    def require(self, key: str) -> Path:
+        p = self.file(key)
+        if not p.exists():
+            raise ArtifactError(p, self.producer, "missing")
+        return p
+
+
+DATA = {
+    "interactions": "interactions.parquet",
+    "items": "items.parquet",
+    "users": "users.parquet",
+    "dataset": "dataset.json",
+}
+ITEMS = {"text": "item_text.parquet", "emb": "item_emb.safetensors"}
+SIDS = {
+    "sids": "sids.parquet",
+    "model": "rqvae.safetensors",
+    "clusters": "clusters.parquet",
+    "report": "report.json",
+}
+GROUPS = {
+    "groups": "groups.parquet",
+    "personas": "personas.parquet",
+    "emb": "group_emb.safetensors",
+    "report": "report.json",
+    "plot": "similarity.png",
+}
+DSIE = {
+    "model": "dsie.safetensors",
+    "config": "config.json",
+    "states": "user_states.safetensors",
+    "report": "report.json",
+}
+RECS = {
+    "lmdb": "recs.lmdb",
+    "table": "recs.parquet",
+    "report": "report.json",
+}
+EVAL = {
+    "report": "report.json",
+    "markdown": "report.md",
+    "rounds": "rounds.png",
+    "tradeoff": "tradeoff.png",
+}
+
+
+def check_name(option: str, name: str) -> str:
+    """A name typed by a user that becomes one folder inside the workspace."""
+    if not _NAME.fullmatch(str(name)) or name in (".", ".."):
+        raise ArtifactError(
+            None, None, f"{option} {name!r}: use letters, digits, '.', '-' and '_' only"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Groups:
+    of_user: np.ndarray  # [U] int64 group of each user
+    persona_text: dict[int, str]  # group -> persona
+
+
+class Workspace:
+    """One experiment's folder (`--work`). Loaders cache what they read."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+        self._cache: dict = {}
+        self.data = Dir(self.root / "data", "prepare", DATA)
+        self.items = Dir(self.root / "items", "tokenize-items", ITEMS)
+        self.sids_dir = Dir(self.root / "sids", "build-sids", SIDS)
+        self.groups_dir = Dir(self.root / "groups", "profile-groups", GROUPS)
+        self.eval = Dir(self.root / "eval", "evaluate", EVAL)
+        self.backbone = self.root / "llm" / "backbone"
+
+    def dsie(self, name: str = "dsie") -> Dir:
+        return Dir(self.root / check_name("--out", name), "train-dsie", DSIE)
+
+    def recs(self, shard: tuple[int, int] | None = None) -> Dir:
+        path = self.root / "recs"
+        if shard is not None:
+            path = path / "shards" / f"{shard[0]}-of-{shard[1]}"
+        return Dir(path, "recommend", RECS)
+
+    def track(self, name: str = "main") -> Track:
+        return Track(self.root, name)
+
+    def tracks(self) -> list[str]:
+        return tracks(self.root)
+
+    def checkpoints(self, name: str) -> Path:
+        return self.root / "checkpoints" / check_name("--out", name)
+
+    def _once(self, key, load):
+        if key not in self._cache:
+            self._cache[key] = load()
+        return self._cache[key]
+
+    # ---------------------------------------------------------------- data/
+
+    def dataset(self) -> dict:
+        """data/dataset.json: counts, periods, test period, filters."""
+
+        def load():
+            path = self.data.require("dataset")
+            d = read_json(path, "prepare")
+            for key in ("users", "items", "test_period", "periods"):
+                if key not in d:
+                    raise ArtifactError(path, "prepare", f"no {key!r} entry")
+            return d
+
+        return self._once("dataset", load)
+
+    def interactions(self, columns: list[str] | None = None):
+        return read_table(self.data.require("interactions"), "prepare", columns)
+
+    def items_table(self, columns: list[str] | None = None):
+        return read_table(self.data.require("items"), "prepare", columns)
+
+    def users_table(self, columns: list[str] | None = None):
+        return read_table(self.data.require("users"), "prepare", columns)
+
+    def history(self) -> History:
+        """Every interaction in time order, with the workspace's counts."""
+
+        def load():
+            meta = self.dataset()
+            path = self.data.file("interactions")
+            t = self.interactions(["user_id", "item_id", "timestamp", "period"])
+            users = t["user_id"].to_numpy().astype(np.int64)
+            items = t["item_id"].to_numpy().astype(np.int64)
+            n_users, n_items = int(meta["users"]), int(meta["items"])
+            for col, ids, n in (("user_id", users, n_users), ("item_id", items, n_items)):
+                bad = np.flatnonzero((ids < 0) | (ids >= n))
+                if len(bad):
+                    r = int(bad[0])
+                    problem = f"row {r}: column {col} = {ids[r]} is outside 0..{n - 1}"
+                    raise ArtifactError(path, "prepare", problem)
+            return History(
+                users=users,
+                items=items,
+                times=t["timestamp"].to_numpy(),
+                periods=t["period"].to_numpy().astype(np.int64),
+                n_users=n_users,
+                n_items=n_items,
+                test_period=int(meta["test_period"]),
+            )
+
+        return self._once("history", load)
+
+    def item_titles(self) -> list[str]:
+        t = self.items_table(["item_id", "title"]).sort_by("item_id")
+        return [str(x) if x is not None else "" for x in t["title"].to_pylist()]
+
+    def original_ids(self, what: str) -> list[str]:
+        """Original ids of users or items by dense id."""
+        table = self.users_table if what == "users" else self.items_table
+        return [str(x) for x in table(["original_id"])["original_id"].to_pylist()]
+
+    # ---------------------------------------------------------------- items/
+
+    def item_embedding(self, tensor: str) -> np.ndarray:
+        """One tensor of items/item_emb.safetensors, [N, d] float32 in item order, checked
+        against data/."""
+        path = self.items.require("emb")
+        arrays, _ = read_tensors(path, "tokenize-items")
+        n = int(self.dataset()["items"])
+        if tensor not in arrays:
+            raise ArtifactError(path, "tokenize-items", f"no tensor {tensor!r}")
+        x, ids = arrays[tensor], arrays.get("item_id")
+        if x.ndim != 2:
+            raise ArtifactError(path, "tokenize-items", f"{tensor!r} has shape {x.shape}")
+        if ids is None or len(ids) != n or len(x) != n:
+            raise ArtifactError(
+                path, "tokenize-items", f"{len(x)} rows, but data/items.parquet has {n} items"
+            )
+        bad = np.flatnonzero(ids != np.arange(n))
+        if len(bad):
+            r = int(bad[0])
+            raise ArtifactError(
+                path, "tokenize-items", f"row {r} has item_id {ids[r]}, expected {r}"
+            )
+        finite = np.isfinite(x).all(axis=1)
+        if not finite.all():
+            r = int(np.flatnonzero(~finite)[0])
+            raise ArtifactError(
+                path, "tokenize-items", f"{tensor!r} has NaN/Inf in row {r} (item {r})"
+            )
+        return x.astype(np.float32)
+
+    def item_texts(self) -> list[str]:
+        t = read_table(self.items.require("text"), "tokenize-items", ["item_id", "text"])
+        return t.sort_by("item_id")["text"].to_pylist()
+
+    # ---------------------------------------------------------------- sids/
+
+    def sids(self) -> Sids:
+        """SID codes of every item, their layout (from the Parquet metadata) and the level-1
+        cluster descriptions; checked against data/items.parquet."""
+
+        def load():
+            path = self.sids_dir.require("sids")
+            table = read_table(path, "build-sids")
+            raw = (table.schema.metadata or {}).get(META_KEY)
+            try:
+                layout = SidLayout.from_meta(json.loads(raw))
+            except (TypeError, ValueError, KeyError):
+                raise ArtifactError(path, "build-sids", "no valid SID layout metadata") from None
+            names = [f"c{i + 1}" for i in range(layout.levels)] + ["dup", "item_id"]
+            missing = [c for c in names if c not in table.column_names]
+            if missing:
+                raise ArtifactError(path, "build-sids", f"no column(s) {missing}")
+            n = int(self.dataset()["items"])
+            ids = table["item_id"].to_numpy().astype(np.int64)
+            if len(ids) != n or not np.array_equal(np.sort(ids), np.arange(n)):
+                raise ArtifactError(
+                    path, "build-sids", f"{len(ids)} items, data/items.parquet has {n}"
+                )
+            codes = np.zeros((n, layout.levels + 1), dtype=np.int64)
+            for j, c in enumerate(names[:-1]):
+                col = table[c].to_numpy().astype(np.int64)
+                if len(col) and (col.min() < 0 or col.max() >= layout.sizes[j]):
+                    raise ArtifactError(path, "build-sids", f"column {c} outside its codebook")
+                codes[ids, j] = col
+            return Sids(codes, layout, self._cluster_descriptions())
+
+        return self._once("sids", load)
+
+    def _cluster_descriptions(self) -> dict[int, str]:
+        path = self.sids_dir.require("clusters")
+        t = read_table(path, "build-sids", ["cluster", "description"])
+        return {
+            int(c): str(d)
+            for c, d in zip(t["cluster"].to_pylist(), t["description"].to_pylist(), strict=True)
+        }
+
+    def sid_report(self) -> dict:
+        return read_json(self.sids_dir.require("report"), "build-sids")
+
+    # ---------------------------------------------------------------- groups/
+
+    def groups(self) -> Groups:
+        """The group of every user and each group's persona text."""
+
+        def load():
+            n_users = int(self.dataset()["users"])
+            path = self.groups_dir.require("groups")
+            table = read_table(path, "profile-groups", ["user_id", "group"])
+            users = table["user_id"].to_numpy().astype(np.int64)
+            groups = table["group"].to_numpy().astype(np.int64)
+            of_user = np.full(n_users, -1, dtype=np.int64)
+            ok = (users >= 0) & (users < n_users)
+            of_user[users[ok]] = groups[ok]
+            missing = np.flatnonzero(of_user < 0)
+            if len(missing):
+                raise ArtifactError(
+                    path,
+                    "profile-groups",
+                    f"{len(missing)} users have no group (first user_id {missing[0]})",
+                )
+            p = read_table(
+                self.groups_dir.require("personas"), "profile-groups", ["group", "persona"]
+            )
+            text = dict(zip(p["group"].to_pylist(), p["persona"].to_pylist(), strict=True))
+            return Groups(of_user, text)
+
+        return self._once("groups", load)
+
+    def persona_embeddings(self) -> np.ndarray:
+        """groups/group_emb.safetensors "persona": [G, d] float32, one row per group."""
+        path = self.groups_dir.require("emb")
+        arrays, _ = read_tensors(path, "profile-groups")
+        persona = arrays.get("persona")
+        if persona is None or persona.ndim != 2 or self.groups().of_user.max() >= len(persona):
+            raise ArtifactError(path, "profile-groups", "persona embeddings do not fit the groups")
+        return persona.astype(np.float32)
+
+    # ---------------------------------------------------------------- dsie/
+
+    def dsie_config(self, name: str = "dsie") -> dict:
+        d = self.dsie(name)
+        return read_json(d.require("config"), "train-dsie")
+
+    def dsie_weights(self, name: str = "dsie") -> dict:
+        """DSIE's weights as torch tensors (codes and personas included)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        path = self.dsie(name).require("model")
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ArtifactError(
+                path, "train-dsie", f"not a readable safetensors file ({e})"
+            ) from None
+
+    def user_states(self, name: str = "dsie") -> tuple[dict, dict]:
+        """dsie/user_states.safetensors: (arrays long/short/fused [U, h] and user_id, meta)."""
+        return read_tensors(self.dsie(name).require("states"), "train-dsie")
+
+
+# ---------------------------------------------------------------- validating readers
+
+
+def read_table(path: Path, producer: str, columns: list[str] | None = None):
+    """A Parquet file; unreadable or missing columns raise ArtifactError."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not Path(path).exists():
+        raise ArtifactError(path, producer, "missing")
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowInvalid, pa.ArrowException, OSError) as e:
+        raise ArtifactError(path, producer, f"not a readable Parquet file ({e})") from None
+
+
+def read_json(path: Path, producer: str) -> dict:
+    if not Path(path).exists():
+        raise ArtifactError(path, producer, "missing")
+    try:
+        d = store.read_json(path)
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise ArtifactError(path, producer, f"not readable JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise ArtifactError(path, producer, "not a JSON object")
+    return d
+
+
+def read_tensors(path: Path, producer: str) -> tuple[dict, dict]:
+    from safetensors import SafetensorError
+
+    if not Path(path).exists():
+        raise ArtifactError(path, producer, "missing")
+    try:
+        return store.read_tensors(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ArtifactError(path, producer, f"not a readable safetensors file ({e})") from None
