@@ -171,3 +171,25 @@ def test_missing_upstream_artifact(tmp_path):
     shutil.rmtree(work / "groups")
     r = coea("pco-round", *TINY, "--work", work)
     assert r.code == 2 and "profile-groups" in r.stderr
+
+
+def test_state_records_what_serving_needs(after_round0):
+    from coea_cli.workspace import Workspace
+    from coea_cli.workspace.tracks import fingerprint
+
+    serving = _state(after_round0)["serving"]
+    ws = Workspace(after_round0)
+    assert serving["base_model"] == "scratch" and serving["backbone"] == "llm/backbone"
+    assert serving["backbone_fingerprint"] == fingerprint(after_round0 / "llm" / "backbone")
+    assert serving["sid_version"] == ws.sids().version
+    assert (serving["quant"], serving["attn"], serving["lora_r"]) == ("auto", "sdpa", 4)
+    inputs = store.read_json(after_round0 / "pco" / "round-000" / "manifest.json")["inputs"]
+    assert {"data/interactions.parquet", "sids/sids.parquet", "llm/backbone"} <= set(inputs)
+
+
+def test_a_track_continues_only_with_its_training_settings(work):
+    pairs = dict(zip(TINY[::2], TINY[1::2], strict=True))
+    pairs["--lora-r"] = 8
+    r = coea("pco-round", *[x for kv in pairs.items() for x in kv], "--work", work)
+    assert r.code == 2 and "lora_r: 4 -> 8" in r.stderr and "--round 0" in r.stderr
+    assert _state(work)["round"] == 0

@@ -188,3 +188,50 @@ def test_evaluate_bad_ks_is_bad_input(trained):
     for spec in ("a,b", "0,10", "-5"):
         r = coea("evaluate", "--ks", spec, "--work", trained)
         assert r.code == 2 and "--ks" in r.stderr, (spec, r.stderr)
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _edit_json(path, edit):
+    data = store.read_json(path)
+    edit(data)
+    store.write_json(path, data)
+
+
+def test_serving_refuses_other_sids_backbone_or_track(trained, tmp_path):
+    args = ("recommend", "--k", 10, "--n", 4, "--force")
+    w = _copy(trained, tmp_path / "sid")
+    _edit_json(w / "pco" / "state.json", lambda s: s["serving"].update(sid_version="0" * 16))
+    r = coea(*args, "--work", w)
+    assert r.code == 2 and "trained on SID version 0000000000000000" in r.stderr
+    assert "run `coea pco-round --round 0` first" in r.stderr
+    w = _copy(trained, tmp_path / "backbone")
+    (w / "llm" / "backbone" / "extra.txt").write_text("a changed backbone")
+    r = coea(*args, "--work", w)
+    assert r.code == 2 and "changed since track main was trained" in r.stderr
+    w = _copy(trained, tmp_path / "dsie")
+    _edit_json(w / "dsie" / "config.json", lambda c: c.update(sid_version="1" * 16))
+    r = coea(*args, "--work", w)
+    assert r.code == 2 and "run `coea train-dsie` first" in r.stderr
+    r = coea(*args, "--track", "nope", "--work", trained)
+    assert r.code == 2 and "no track 'nope' (tracks: main, nokl)" in r.stderr
+    r = coea(*args, "--track", "../x", "--work", trained)
+    assert r.code == 2 and "--track" in r.stderr
+
+
+def test_copied_workspace_is_up_to_date(trained, tmp_path):
+    w = _copy(trained, tmp_path / "copy")
+    r = coea("recommend", "--k", 10, "--n", 4, "--work", w, "--json")
+    assert r.code == 0 and r.json()["status"] == "up to date", r.stderr
+
+
+def test_evaluate_refuses_lists_of_other_adapters(trained, tmp_path):
+    w = _copy(trained, tmp_path / "stale")
+    zero = "llm/novelty/round-000"
+    _edit_json(w / "pco" / "state.json", lambda s: s["current"].update(novelty=zero))
+    r = coea("evaluate", "--ks", "5,10", "--work", w)
+    assert r.code == 2 and f"the main track now serves {zero}" in r.stderr
+    assert "run `coea recommend` first" in r.stderr

@@ -111,6 +111,9 @@ def prepare_log(
 ) -> Prepared:
     """Filter, renumber and split a raw log. Consumes `raw.interactions` to save memory.
 
+    One function over ~85 lines on purpose: every step works on the same sorted arrays, and
+    freeing each intermediate as soon as it is used keeps the peak memory under 3x the log.
+
     The log is sorted by time once (stable, so ties keep file order); every filter then
     works on the sorted arrays, and dense ids follow the order of first appearance in time.
     """

@@ -49,17 +49,7 @@ def run_evaluate(ctx: Ctx[EvaluateOptions]) -> dict | None:
     t0 = time.time()
     engine = Engine(ws, test, ctx.device)
     w = engine.world
-    truth_seq = w.history.during(test)
-    users = np.array(
-        [u for u in truth_seq.users().tolist() if len(engine.seen(u)) > 0], dtype=np.int64
-    )
-    truth = [np.unique(truth_seq.of(int(u))) for u in users]
-    history = [engine.seen(u) for u in users]
-    h = w.history
-    before = h.periods < test
-    pairs = np.unique(np.stack([h.users[before], h.items[before]]), axis=1)
-    item_pop = np.bincount(pairs[1], minlength=w.n_items)
-    n_train_users = len(np.unique(h.users[before]))
+    users, truth, history, item_pop, n_train_users = _test_set(engine, test)
 
     rows: dict[str, dict] = {}
     notes: dict[str, str] = {}
@@ -118,6 +108,22 @@ def run_evaluate(ctx: Ctx[EvaluateOptions]) -> dict | None:
         return _clean(report)
     console.out.print(markdown(report), markup=False)
     return None
+
+
+def _test_set(engine: Engine, test: int):
+    """Users of the test period with a history, their held-out items and histories; each
+    item's number of distinct users before the test period, and the number of such users."""
+    truth_seq = engine.world.history.during(test)
+    users = np.array(
+        [u for u in truth_seq.users().tolist() if len(engine.seen(u)) > 0], dtype=np.int64
+    )
+    truth = [np.unique(truth_seq.of(int(u))) for u in users]
+    history = [engine.seen(u) for u in users]
+    h = engine.world.history
+    before = h.periods < test
+    pairs = np.unique(np.stack([h.users[before], h.items[before]]), axis=1)
+    item_pop = np.bincount(pairs[1], minlength=h.n_items)
+    return users, truth, history, item_pop, len(np.unique(h.users[before]))
 
 
 def _inputs(ws: Workspace) -> list[Path]:

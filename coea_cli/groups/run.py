@@ -65,18 +65,7 @@ def compute_groups(ctx: Ctx[GroupOptions]) -> dict:
     hist0 = grouping.cluster_histograms(u[first], i[first], item_cluster, n_users)
     hist_pre = grouping.cluster_histograms(u[pre], i[pre], item_cluster, n_users)
     attrs = grouping.attribute_columns(users, n_users)
-    method = o.grouping
-    if method != Grouping.behavior and not attrs:
-        console.log(f"no usable user attributes: --grouping {method} falls back to behavior")
-        method = Grouping.behavior
-    if method == Grouping.demographic:
-        g = grouping.demographic_cells(attrs, n_users, o.min_group_size, o.groups)
-    elif method == Grouping.behavior:
-        g = grouping.behavior_groups(hist0, hist_pre, attrs, o.groups, ctx.seed)
-    else:
-        g = grouping.hybrid_groups(hist0, hist_pre, attrs, o.groups, ctx.seed, o.attr_weight)
-    for note in g.notes:
-        console.log(note)
+    g = _grouping(o, attrs, hist0, hist_pre, n_users, ctx.seed)
     labels = g.labels
     n_groups = int(labels.max()) + 1
     titles = [
@@ -88,7 +77,7 @@ def compute_groups(ctx: Ctx[GroupOptions]) -> dict:
         top_clusters=o.top_clusters, top_items=o.top_items,
     )  # fmt: skip
     personas = _personas(ctx, stats)
-    from coea_cli.items.encoder import encode_texts, encoder_name, load_text_encoder
+    from coea_cli.items.encoder import encode_texts, load_text_encoder
 
     encoder = load_text_encoder(o.text_encoder, device=ctx.device)
     emb = encode_texts(encoder, [embedding_text(p) for p in personas], progress=False)
@@ -97,16 +86,48 @@ def compute_groups(ctx: Ctx[GroupOptions]) -> dict:
     sizes = np.bincount(labels, minlength=n_groups).tolist()
     for s, p in zip(stats, personas, strict=True):
         console.log(f"group {s.group} ({s.size} users, {p.source}): {p.text[:160]}")
+    report = _report(o, g, sim, sizes, stats, personas)
+    return {
+        "labels": labels,
+        "stats": stats,
+        "personas": personas,
+        "emb": emb,
+        "matrix": sim["matrix"],
+        "sizes": sizes,
+        "report": report,
+    }
+
+
+def _grouping(o: GroupOptions, attrs, hist0, hist_pre, n_users: int, seed: int):
+    """Users -> groups by --grouping (behavior when no user has usable attributes)."""
+    method = o.grouping
+    if method != Grouping.behavior and not attrs:
+        console.log(f"no usable user attributes: --grouping {method} falls back to behavior")
+        method = Grouping.behavior
+    if method == Grouping.demographic:
+        g = grouping.demographic_cells(attrs, n_users, o.min_group_size, o.groups)
+    elif method == Grouping.behavior:
+        g = grouping.behavior_groups(hist0, hist_pre, attrs, o.groups, seed)
+    else:
+        g = grouping.hybrid_groups(hist0, hist_pre, attrs, o.groups, seed, o.attr_weight)
+    for note in g.notes:
+        console.log(note)
+    return g
+
+
+def _report(o: GroupOptions, g, sim: dict, sizes: list[int], stats, personas) -> dict:
+    from coea_cli.items.encoder import encoder_name
+
     sources = {k: sum(p.source == k for p in personas) for k in ("template", "llm", "fallback")}
     summary = {
-        "groups": n_groups,
+        "groups": len(sizes),
         "grouping": g.method,
         "sizes": sizes,
         "intra_similarity": round(sim["intra"], 4),
         "inter_similarity": round(sim["inter"], 4),
         "persona_sources": sources,
     }
-    report = {
+    return {
         "summary": summary,
         "similarity": {
             "measure": "cosine similarity of users' level-1 cluster histograms (period 0, "
@@ -124,15 +145,6 @@ def compute_groups(ctx: Ctx[GroupOptions]) -> dict:
         "text_encoder": encoder_name(o.text_encoder),
         "profile_model": o.profile_model,
         "errors": {str(s.group): p.error for s, p in zip(stats, personas, strict=True) if p.error},
-    }
-    return {
-        "labels": labels,
-        "stats": stats,
-        "personas": personas,
-        "emb": emb,
-        "matrix": sim["matrix"],
-        "sizes": sizes,
-        "report": report,
     }
 
 

@@ -20,9 +20,10 @@ def run_tokenize_items(ctx: Ctx[TokenizeOptions]) -> dict:
 
     o = ctx.opts
     ws = ctx.ws
+    items_path = ws.data.require("items")
     inputs = {
-        "data/items.parquet": ws.data.require("items"),
-        "data/interactions.parquet": ws.data.require("interactions"),
+        "data": ws.data.require("interactions"),
+        "items": items_path,
         "text_encoder": resolve_encoder_path(o.text_encoder),
     }
     st = ctx.stage(ws.items.path, inputs)
@@ -32,7 +33,7 @@ def run_tokenize_items(ctx: Ctx[TokenizeOptions]) -> dict:
     t0 = time.perf_counter()
     items = ws.items_table()
     n = len(items)
-    check_items_table(items, inputs["data/items.parquet"])
+    check_items_table(items, items_path)
     ws.history()  # checks every interaction's ids against data/
     inter = ws.interactions(["user_id", "item_id", "timestamp", "period"])
 

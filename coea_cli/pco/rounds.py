@@ -194,7 +194,7 @@ class RoundZero(RoundBase):
 
     def save(self) -> None:
         table = _examples_table(self.prompts, [t.target for t in self.train], "round0")
-        store.write_parquet(self.out / "examples.parquet", table)
+        store.write_parquet(self.track.round_file(0, "examples", self.out), table)
 
 
 # ---------------------------------------------------------------- round k
@@ -406,15 +406,15 @@ class RoundK(RoundBase):
                 "engaged": pa.array(self.engaged),
             }
         )
-        store.write_parquet(self.out / "candidates.parquet", cand)
+        store.write_parquet(track.round_file(k, "candidates", self.out), cand)
         keep = self.pos | self.neg
         labels = pa.array(self.pos[keep].astype(np.int8))
         store.write_parquet(
-            self.out / "verified.parquet",
+            track.round_file(k, "verified", self.out),
             cand.filter(pa.array(keep)).append_column("label", labels),
         )
         table = _examples_table(self.new_prompts, self.new_targets, f"round{k}")
-        store.write_parquet(self.out / "examples.parquet", table)
+        store.write_parquet(track.round_file(k, "examples", self.out), table)
 
     def metrics(self) -> dict:
         return {
@@ -462,7 +462,7 @@ def _replay(track: Track, k: int, n_new: int, share: float, seed: int):
         return [], []
     tables = []
     for j in range(k):
-        path = track.round_dir(j) / "examples.parquet"
+        path = track.round_file(j, "examples")
         if path.exists():
             tables.append(store.read_parquet(path))
     if not tables:

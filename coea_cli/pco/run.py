@@ -135,7 +135,7 @@ def _one_round(ctx, track: Track, k: int, state, world, spec: LLMSpec, serving: 
             relevance = metrics["relevance_path"] if metrics["accepted"] else cur["relevance"]
         model, tok = load_model(spec, Path(track.root) / novelty, False)
         metrics["test"] = report_on_test_period(world, model, tok, Prompter(world, o.template_dir))
-        store.write_json(tmp / "metrics.json", metrics)
+        store.write_json(track.round_file(k, "metrics", tmp), metrics)
     verdict = "accepted" if metrics["accepted"] else "rejected: previous adapters stay current"
     console.log(f"round {k} {verdict}")
     history = [h for h in (state or {}).get("history", []) if h["round"] < k]
@@ -145,7 +145,7 @@ def _one_round(ctx, track: Track, k: int, state, world, spec: LLMSpec, serving: 
         "accepted": metrics["accepted"],
         "novelty": novelty,
         "relevance": relevance,
-        "metrics": track.relative(folder / "metrics.json"),
+        "metrics": track.relative(track.round_file(k, "metrics")),
     }
     new_state = {
         "track": track.name,

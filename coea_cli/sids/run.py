@@ -178,26 +178,23 @@ def write_outputs(
     seed: int,
     t0: float,
 ) -> dict:
-    """sids.parquet, rqvae.safetensors, clusters.parquet, report.json."""
+    """sids.parquet, rqvae.safetensors, clusters.parquet, report.json; returns the report."""
     import pyarrow as pa
 
-    from coea_cli.sids.clusters import describe_clusters, genre_coherence, level_usage
+    from coea_cli.sids.clusters import describe_clusters, genre_coherence
 
     codes, sizes = build.codes, build.sizes
     layout = SidLayout(tuple(sizes), str(o.method))
-    levels = layout.levels
     n = len(codes)
-    meta = layout.meta()
     t = time.perf_counter()
     store.write_parquet(ws.sids_dir.file("sids", folder), sids_table(codes, layout))
-    sids = layout.strings(codes)
-
     q = build.quantized
     store.write_tensors(
         ws.sids_dir.file("model", folder),
         q.tensors,
-        {"method": str(o.method), "embedding": str(o.embedding), "meta": meta, **_model_meta(q)},
-    )
+        {"method": str(o.method), "embedding": str(o.embedding), "meta": layout.meta(),
+         **_model_meta(q)},
+    )  # fmt: skip
     popularity = history.item_counts(1)  # period 0
     categories = items["categories"].to_pylist() if "categories" in items.column_names else None
     titles = items["title"].to_pylist() if "title" in items.column_names else [None] * n
@@ -214,9 +211,27 @@ def write_outputs(
             }
         ),
     )
-    coherence = genre_coherence(codes[:, 0], categories, seed) if categories else None
-    unique = len(set(sids))
-    report = {
+    report = _report(build, layout, o, seed)
+    report["genre_coherence"] = (
+        genre_coherence(codes[:, 0], categories, seed) if categories else None
+    )
+    report["clusters_nonempty"] = int(sum(1 for s in clusters["size"] if s))
+    report["seconds"] |= {
+        "outputs": round(time.perf_counter() - t, 3),
+        "total": round(time.perf_counter() - t0, 3),
+    }
+    store.write_json(ws.sids_dir.file("report", folder), report)
+    return report
+
+
+def _report(build: SidBuild, layout: SidLayout, o: SidOptions, seed: int) -> dict:
+    """report.json: levels and their use, collisions, reconstruction, training."""
+    from coea_cli.sids.clusters import level_usage
+
+    codes, sizes, q = build.codes, build.sizes, build.quantized
+    meta, levels, n = layout.meta(), layout.levels, len(codes)
+    unique = len(set(layout.strings(codes)))
+    return {
         "method": str(o.method),
         "items": n,
         "embedding": str(o.embedding),
@@ -248,18 +263,10 @@ def write_outputs(
             "error_by_level": q.error_by_level,
             "space": "latent" if o.method == SidMethod.rqvae else "input",
         },
-        "genre_coherence": coherence,
-        "clusters_nonempty": int(sum(1 for s in clusters["size"] if s)),
         "training": {k: v for k, v in q.info.items() if k != "config"},
-        "seconds": {
-            **build.seconds,
-            "outputs": round(time.perf_counter() - t, 3),
-            "total": round(time.perf_counter() - t0, 3),
-        },
+        "seconds": dict(build.seconds),
         "seed": seed,
     }
-    store.write_json(ws.sids_dir.file("report", folder), report)
-    return report
 
 
 def _model_meta(q) -> dict:

@@ -20,6 +20,13 @@ from coea_cli import store
 from coea_cli.errors import ArtifactError
 
 MAIN = "main"
+# Files of a round folder (pco/round-NNN/, pco/tracks/NAME/round-NNN/).
+ROUND = {
+    "metrics": "metrics.json",  # the round's figures; evaluate plots them
+    "examples": "examples.parquet",  # prompt, target, kind: SFT examples; replayed later
+    "candidates": "candidates.parquet",  # user_id, cluster, source, relevance, engaged
+    "verified": "verified.parquet",  # the candidates kept as positives or negatives, label
+}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
@@ -106,6 +113,10 @@ class Track:
     def round_dir(self, k: int) -> Path:
         root = Track(self.root) if k == 0 else self
         return root.pco / f"round-{k:03d}"
+
+    def round_file(self, k: int, key: str, folder: Path | None = None) -> Path:
+        """A file of round k's folder, or of `folder` (the round's temporary folder)."""
+        return (self.round_dir(k) if folder is None else Path(folder)) / ROUND[key]
 
     def adapter(self, role: str, k: int) -> Path:
         root = Track(self.root) if k == 0 else self
