@@ -1,9 +1,10 @@
-"""build-sids: k-means, RQ-VAE, collisions, LMDB index, helpers and the command."""
+"""build-sids: k-means, RQ-VAE, collisions, the SID layout and the command."""
 
 from __future__ import annotations
 
 import itertools
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -68,8 +69,9 @@ def mixture():
 
 
 def _cfg(levels, **kw):
-    base = dict(sizes=(8,) * levels, latent=8, hidden=(32,), epochs=60, batch_size=64, lr=3e-3)
-    return RQConfig(**{**base, **kw})
+    base = RQConfig.from_options(SidOptions(), (8,) * levels, n_items=240)
+    small = dict(latent=8, hidden=(32,), epochs=60, batch_size=64, lr=3e-3)
+    return replace(base, **{**small, **kw})
 
 
 def test_rqvae_invariants(mixture):

@@ -23,23 +23,42 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from coea_cli import console
+from coea_cli.options import SidOptions
 from coea_cli.sids.kmeans import assign, kmeans
 
 
 @dataclass
 class RQConfig:
-    sizes: tuple[int, ...] = (32, 32, 32)
-    latent: int = 32
-    hidden: tuple[int, ...] = (256, 128)
-    beta: float = 0.25
-    lr: float = 2e-3
-    batch_size: int = 512
-    epochs: int = 100
-    patience: int = 10
+    """RQ-VAE settings; options-backed fields come from `from_options` (their defaults are
+    defined once, in `SidOptions`)."""
+
+    sizes: tuple[int, ...]
+    latent: int
+    hidden: tuple[int, ...]
+    beta: float
+    lr: float
+    batch_size: int
+    epochs: int
+    patience: int
+    init_sample: int
+    cpu_threads: int  # intra-op threads on CPU; 0 = torch's default
     min_delta: float = 1e-3
-    init_sample: int = 20_000
     reset_dead: bool = True
-    cpu_threads: int = 1  # intra-op threads on CPU; 0 = torch's default
+
+    @classmethod
+    def from_options(cls, o: SidOptions, sizes: tuple[int, ...], n_items: int) -> RQConfig:
+        return cls(
+            sizes=sizes,
+            latent=o.latent_dim,
+            hidden=o.hidden_widths(),
+            beta=o.beta,
+            lr=o.lr,
+            batch_size=o.batch_size,
+            epochs=o.max_epochs(n_items),
+            patience=o.patience,
+            init_sample=o.init_sample,
+            cpu_threads=o.cpu_threads,
+        )
 
     @property
     def levels(self) -> int:

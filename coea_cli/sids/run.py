@@ -87,12 +87,13 @@ def build_codes(
     from threadpoolctl import threadpool_limits
 
     from coea_cli.sids.collisions import collision_stats, dedup_level, rebalance_last_level
-    from coea_cli.sids.rqvae import RQConfig, rq_kmeans, train_rqvae
+    from coea_cli.sids.rqvae import rq_kmeans, train_rqvae
 
     t0 = time.perf_counter()
     with threadpool_limits(cpu_threads if cpu_threads > 0 else None, user_api="blas"):
         if method == "rqvae":
-            cfg = cfg or RQConfig(sizes=sizes, cpu_threads=cpu_threads)
+            if cfg is None:
+                raise ValueError("the rqvae method needs its RQConfig")
             q = train_rqvae(x, cfg, seed=seed, device=device, progress=progress)
         else:
             q = rq_kmeans(x, sizes, seed=seed, progress=progress)
@@ -132,18 +133,7 @@ def run_build_sids(ctx: Ctx[SidOptions]) -> dict:
     if o.method == SidMethod.rqvae:
         from coea_cli.sids.rqvae import RQConfig
 
-        cfg = RQConfig(
-            sizes=sizes,
-            latent=o.latent_dim,
-            hidden=o.hidden_widths(),
-            beta=o.beta,
-            lr=o.lr,
-            batch_size=o.batch_size,
-            epochs=o.max_epochs(n),
-            patience=o.patience,
-            init_sample=o.init_sample,
-            cpu_threads=o.cpu_threads,
-        )
+        cfg = RQConfig.from_options(o, sizes, n)
     console.log(
         f"{o.method}: {n:,} items x {x.shape[1]} dims -> {len(sizes)} levels of {list(sizes)} "
         f"codes ({o.embedding} vectors)"
