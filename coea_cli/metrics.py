@@ -649,12 +649,14 @@ def new_interest_rate(
 
 
 def per_user(recs, truth, history, item_cluster, k: int) -> dict[str, np.ndarray]:
-    """Per-user values behind two headline metrics, one row per evaluated user (non-empty truth):
-    ``novel_hit`` (1.0 or 0.0; NaN for a user without novel relevant items) and ``serendipity``.
-    Their means (NaN rows dropped) are ``novel_hit_rate`` and ``serendipity`` at k.
+    """Per-user values behind the headline metrics, one row per evaluated user (non-empty
+    truth): ``hit`` (1.0 or 0.0), ``novel_hit`` (1.0 or 0.0; NaN for a user without novel
+    relevant items) and ``serendipity``. Their means (NaN rows dropped) are ``hit_rate``,
+    ``novel_hit_rate`` and ``serendipity`` at k.
 
     Example (the ``serendipity`` example's data)::
 
+        hit         -> [1.0, 1.0]
         novel_hit   -> [1.0, 1.0]
         serendipity -> [1/3, 2/3]
     """
@@ -667,8 +669,13 @@ def per_user(recs, truth, history, item_cluster, k: int) -> dict[str, np.ndarray
     new_truth = novel_truth(truth, history, item_cluster)
     hit = _in_lists(top, new_truth).any(axis=1).astype(np.float64)
     hit[_n_truth(new_truth, len(ev)) == 0] = np.nan
-    both = _in_lists(top, truth) & _unexpected(top, history, item_cluster)
-    return {"novel_hit": hit, "serendipity": both.sum(axis=1) / k}
+    rel = _in_lists(top, truth)
+    both = rel & _unexpected(top, history, item_cluster)
+    return {
+        "hit": rel.any(axis=1).astype(np.float64),
+        "novel_hit": hit,
+        "serendipity": both.sum(axis=1) / k,
+    }
 
 
 def ratio_interval(

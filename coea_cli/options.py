@@ -650,8 +650,9 @@ class ServeOptions(Options):
 class RecommendOptions(ServeOptions):
     """Compute every user's top-K: per unique serving key (group, recent clusters) the Novelty
     LLM samples clusters and the Relevance LLM ranks them; the user's best unseen novel
-    clusters give items ranked by DSIE. Writes recs/recs.lmdb and recs/recs.parquet; --user
-    reads one stored list."""
+    clusters give items ranked by DSIE. The track's adapters are served as they were trained
+    (backbone, LoRA, context: a track trained with --no-dsie gets no persona and popularity
+    ranking). Writes recs/recs.lmdb and recs/recs.parquet; --user reads one stored list."""
 
     user: str | None = opt(
         None, "Print this user's stored list (original user id) and exit.", recorded=False
@@ -659,9 +660,6 @@ class RecommendOptions(ServeOptions):
     k: int = opt(20, "Items per user.", ge=1, flag="--k")
     track: str = opt("main", "PCO track whose current adapters serve.")
     round: int | None = opt(None, "Serve a given round's adapters instead.", ge=0)
-    dsie: bool = opt(
-        True, "Persona context and DSIE item ranking (--no-dsie: popularity, ablation)."
-    )
     before_period: int | None = opt(
         None, "Serve as of the start of this period (default: the test period).", ge=1
     )

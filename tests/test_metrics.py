@@ -464,6 +464,7 @@ def test_compute_all_with_no_evaluated_users():
 
 def test_per_user_example():
     out = m.per_user([[1, 2, 4], [4, 5, 0]], [[1, 2], [4, 0]], [[0], [2]], [0, 0, 1, 1, 2, 2], 3)
+    assert out["hit"].tolist() == [1.0, 1.0]
     assert out["novel_hit"].tolist() == [1.0, 1.0]
     np.testing.assert_allclose(out["serendipity"], [1 / 3, 2 / 3])
 
@@ -484,6 +485,7 @@ def test_per_user_means_are_the_metrics():
     assert pu["serendipity"].mean() == pytest.approx(
         m.serendipity(recs, truth, history, item_cluster, k)
     )
+    assert pu["hit"].mean() == pytest.approx(m.hit_rate(recs, truth, k))
 
 
 def test_ratio_interval_examples():

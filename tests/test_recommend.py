@@ -25,6 +25,7 @@ def trained(tmp_path_factory):
         ("train-dsie", "--epochs", 1, "--hidden", 32, "--heads", 2),
         ("pco-round", *TINY, "--rounds", 2),
         ("pco-round", *TINY, "--track", "nokl", "--no-kl"),
+        ("pco-round", *TINY, "--track", "nodsie", "--no-dsie", "--rounds", 2),
         ("recommend", "--k", 10, "--n", 4),
     ):
         r = coea(*args, "--work", work)
@@ -66,7 +67,7 @@ def test_coea_items_come_from_clusters_new_to_the_user(trained):
     familiar: dict[int, set] = {}
     for u, i in zip(train["user_id"].to_pylist(), train["item_id"].to_pylist(), strict=True):
         familiar.setdefault(u, set()).add(int(c1[i]))
-    coea_rows = t.filter(pc.equal(t["source"], "coea"))
+    coea_rows = t.filter(pc.invert(pc.equal(t["source"], "fill")))
     assert coea_rows.num_rows > 0
     for u, c in zip(
         coea_rows["user_id"].to_pylist(), coea_rows["cluster"].to_pylist(), strict=True
@@ -113,7 +114,7 @@ def test_lmdb_round_trip_and_lookup(trained):
     rows = lines[head + 1 :]
     assert len(rows) == len(out)
     assert [int(line.split()[0]) for line in rows] == list(range(1, len(out) + 1))
-    assert all(line.split()[-1] in ("coea", "dsie") for line in rows)
+    assert all(line.split()[-1] in ("draw", "reserve", "fill") for line in rows)
 
 
 def test_unknown_user_is_bad_input(trained):
@@ -151,29 +152,44 @@ def test_evaluate_reports_every_system(trained):
     assert r.code == 0, r.stderr
     report = r.json()
     assert report["protocol"].startswith("Protocol: full ranking")
-    assert set(report["systems"]) == {
-        "Popularity", "Random novel", "DSIE top-K", "DSIE + MMR", "CoEA round 0 (w/o PCO)",
-        "CoEA w/o KL", "CoEA w/o DSIE", "CoEA (full)",
-    }  # fmt: skip
+    simple = {"Popularity", "Random novel", "DSIE top-K", "DSIE + MMR", "DSIE unexplored",
+              "Popular unexplored", "Random unexplored"}  # fmt: skip
+    ablations = {"CoEA round 0 (w/o PCO)", "CoEA w/o KL", "CoEA w/o DSIE", "Novelty LLM alone",
+            "CoEA w/o reserve", "CoEA (full)"}  # fmt: skip
+    assert set(report["systems"]) == simple | ablations
+    assert set(report["notes"]) == simple | ablations  # each says what it isolates
     for row in report["systems"].values():
         for key in ("hr@10", "ndcg@10", "unexpectedness@10", "serendipity@10", "coverage@10"):
             assert row[key] is None or 0.0 <= row[key] <= 1.0
-    assert report["systems"]["Random novel"]["unexpectedness@10"] == 1.0
-    assert report["notes"]["Random novel"].endswith("mean of 10 draws")
+    rows = report["systems"]
+    assert rows["Random novel"]["unexpectedness@10"] == 1.0
+    assert rows["DSIE unexplored"]["unexpectedness@10"] == pytest.approx(
+        rows["CoEA (full)"]["unexpectedness@10"], abs=0.2
+    )
+    for name in ablations:  # every slot of a CoEA list says where it came from
+        shares = [rows[name][f"share_{s}@10"] for s in ("draw", "reserve", "fill")]
+        assert sum(shares) == pytest.approx(1.0)
+    assert rows["CoEA w/o reserve"]["share_reserve@10"] == 0.0
+    assert "track nodsie, round 1" in report["notes"]["CoEA w/o DSIE"]
+    assert report["notes"]["Random novel"].startswith("random unseen items")
     assert [r["round"] for r in report["rounds"]["main"]] == [0, 1]
     assert [r["round"] for r in report["rounds"]["nokl"]] == [0, 1]
+    assert [r["round"] for r in report["rounds"]["nodsie"]] == [0, 1]
     for name in ("report.md", "report.json", "rounds.png", "tradeoff.png"):
         assert (trained / "eval" / name).exists()
     assert (trained / "eval" / "rounds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| CoEA (full) |" in (trained / "eval" / "report.md").read_text()
-    # ratio targets carry a bootstrap interval over users that brackets the point estimate
-    ratios = [t for t in report["targets"].values() if "ratio" in t]
-    assert len(ratios) == 2
-    for t in ratios:
-        lo, hi = t["ci95"]
-        if t["ratio"] is not None and lo is not None and hi is not None:
-            assert lo <= t["ratio"] <= hi
-    assert "95% CI" in (trained / "eval" / "report.md").read_text()
+    md = (trained / "eval" / "report.md").read_text()
+    assert "| CoEA (full) |" in md and "95% paired bootstrap" in md
+    # every CoEA row is compared with the strongest simple rule, with an interval
+    assert set(report["comparisons"]) >= {f"{n} vs DSIE unexplored" for n in ablations}
+    for cmp in report["comparisons"].values():
+        for c in cmp.values():
+            lo, hi = c["ci95"]
+            if c["ratio"] is not None and lo is not None and hi is not None:
+                assert lo <= c["ratio"] <= hi
+                assert c["verdict"] == (
+                    "better" if lo > 1 else "worse" if hi < 1 else "no difference shown"
+                )
 
 
 def test_evaluate_ks():
@@ -217,7 +233,7 @@ def test_serving_refuses_other_sids_backbone_or_track(trained, tmp_path):
     r = coea(*args, "--work", w)
     assert r.code == 2 and "run `coea train-dsie` first" in r.stderr
     r = coea(*args, "--track", "nope", "--work", trained)
-    assert r.code == 2 and "no track 'nope' (tracks: main, nokl)" in r.stderr
+    assert r.code == 2 and "no track 'nope' (tracks: main, nodsie, nokl)" in r.stderr
     r = coea(*args, "--track", "../x", "--work", trained)
     assert r.code == 2 and "--track" in r.stderr
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from coea_cli.llm.context import World
 from coea_cli.recs import lists
 from coea_cli.recs.candidates import Candidate, key_context, key_of, key_seed
-from coea_cli.recs.lists import RECORD, SOURCES, clusters_to_items
+from coea_cli.recs.lists import DRAW, FILL, RECORD, RESERVE, SOURCES, clusters_to_items
 from coea_cli.workspace import History
 
 
@@ -100,8 +100,8 @@ def test_user_list_hand_pool_too_small_then_dsie_fills():
         ListOptions(k=4, top_m=3, explore_ratio=1.0),
     )
     # pool of cluster 2 unseen = {7}; then DSIE's best unseen: 1 (0.8), 3 (0.7), 4 (0.6)
-    assert rows(out) == [(7, 2, 0), (1, 0, 1), (3, 1, 1), (4, 1, 1)]
-    assert [SOURCES[s] for s in out["source"]] == ["coea", "dsie", "dsie", "dsie"]
+    assert rows(out) == [(7, 2, 0), (1, 0, 2), (3, 1, 2), (4, 1, 2)]
+    assert [SOURCES[s] for s in out["source"]] == ["draw", "fill", "fill", "fill"]
 
 
 def test_user_list_hand_explore_ratio_split():
@@ -109,14 +109,14 @@ def test_user_list_hand_explore_ratio_split():
     out = user_list(SCORES, np.array([], dtype=np.int64), {0, 2}, cands(3, 1), PARTS,
                     ITEM_CLUSTER, opt)  # fmt: skip
     # explore: cluster 3 -> items 9 (0.4), 8 (0.3); then DSIE: 6 (0.95), 0 (0.9)
-    assert rows(out) == [(9, 3, 0), (8, 3, 0), (6, 2, 1), (0, 0, 1)]
+    assert rows(out) == [(9, 3, 0), (8, 3, 0), (6, 2, 2), (0, 0, 2)]
 
 
 def test_user_list_hand_degenerate():
     opt = ListOptions(k=3, top_m=2, explore_ratio=1.0)
     # every candidate familiar -> pure DSIE
     out = user_list(SCORES, np.array([6]), {1, 2}, cands(1, 2), PARTS, ITEM_CLUSTER, opt)
-    assert rows(out) == [(0, 0, 1), (1, 0, 1), (3, 1, 1)]
+    assert rows(out) == [(0, 0, 2), (1, 0, 2), (3, 1, 2)]
     # no candidates at all -> pure DSIE
     out2 = user_list(SCORES, np.array([6]), set(), [], PARTS, ITEM_CLUSTER, opt)
     assert rows(out2) == rows(out)
@@ -130,7 +130,7 @@ def test_user_list_hand_degenerate():
     # a candidate cluster with no items contributes nothing
     out = user_list(SCORES, np.array([], dtype=np.int64), set(), cands(9, 3), PARTS,
                     ITEM_CLUSTER, ListOptions(k=2, top_m=1))  # fmt: skip
-    assert rows(out) == [(6, 2, 1), (0, 0, 1)]
+    assert rows(out) == [(6, 2, 2), (0, 0, 2)]
 
 
 def test_user_list_does_not_modify_inputs():
@@ -196,9 +196,10 @@ def test_user_list_properties(case):
     assert out["cluster"].tolist() == item_cluster[items].tolist()
     np.testing.assert_array_equal(out["score"], scores[items])
 
-    # coea rows first, and only from the top_m candidate clusters not already familiar
-    n_coea = src.count(0)
-    assert src == [0] * n_coea + [1] * (len(src) - n_coea)
+    # explore rows (draw or reserve) first, and only from the top_m candidate clusters not
+    # already familiar; then DSIE's fill
+    n_coea = sum(s != FILL for s in src)
+    assert src == [DRAW] * n_coea + [FILL] * (len(src) - n_coea)  # list_cases has no reserve
     novel = [c.cluster[0] for c in candidates if c.cluster[0] not in familiar][: opt.top_m]
     assert set(out["cluster"][:n_coea].tolist()) <= set(novel)
     assert n_coea <= round(opt.k * opt.explore_ratio)
@@ -228,7 +229,7 @@ def test_user_list_without_exploration_is_dsie_ranking(case):
         (i for i in range(len(scores)) if i not in seen_set), key=lambda i: (-scores[i], i)
     )[: opt.k]
     assert out["item"].tolist() == expected
-    assert set(out["source"].tolist()) <= {1}
+    assert set(out["source"].tolist()) <= {FILL}
 
 
 def test_user_list_with_fresh_random_inputs():
@@ -255,7 +256,7 @@ def test_user_list_with_fresh_random_inputs():
         left = np.setdiff1d(unseen, exp_coea)
         exp_dsie = left[np.argsort(-scores[left], kind="stable")][: opt.k - n_exp]
         assert out["item"].tolist() == exp_coea.tolist() + exp_dsie.tolist()
-        assert out["source"].tolist() == [0] * n_exp + [1] * len(exp_dsie)
+        assert out["source"].tolist() == [DRAW] * n_exp + [FILL] * len(exp_dsie)
 
 
 # ---------------------------------------------------------------- serving keys
@@ -369,9 +370,19 @@ def test_key_candidates_judged_draws_then_reserve(monkeypatch):
 
 
 def test_user_list_reaches_the_reserve_when_draws_are_familiar():
-    """A user who knows every judged draw still explores: the reserve supplies the clusters."""
+    """A user who knows every judged draw still explores: the reserve supplies the clusters,
+    and the slots say so."""
     judged = cands(0, 2)
-    reserve = [Candidate((1,), float("nan"), 0.2), Candidate((3,), float("nan"), 0.1)]
+    reserve = [
+        Candidate((1,), float("nan"), 0.2, reserve=True),
+        Candidate((3,), float("nan"), 0.1, reserve=True),
+    ]
     out = user_list(SCORES, np.array([], dtype=np.int64), {0, 2}, judged + reserve, PARTS,
                     ITEM_CLUSTER, ListOptions(k=3, top_m=1))  # fmt: skip
-    assert rows(out) == [(3, 1, 0), (4, 1, 0), (5, 1, 0)]
+    assert rows(out) == [(3, 1, RESERVE), (4, 1, RESERVE), (5, 1, RESERVE)]
+    # the unknown draw (cluster 2) and the first reserve cluster (1) share the pool, whose
+    # items are ranked by score; each slot keeps its cluster's source
+    out = user_list(SCORES, np.array([], dtype=np.int64), {0}, judged + reserve, PARTS,
+                    ITEM_CLUSTER, ListOptions(k=5, top_m=2))  # fmt: skip
+    assert rows(out) == [(6, 2, DRAW), (3, 1, RESERVE), (4, 1, RESERVE), (5, 1, RESERVE),
+                         (7, 2, DRAW)]  # fmt: skip

@@ -13,6 +13,7 @@ from coea_cli import console, metrics, store
 from coea_cli.common import Ctx
 from coea_cli.errors import ArtifactError
 from coea_cli.evaluation import plots, systems
+from coea_cli.evaluation.table import HEADLINE, Events, Scores
 from coea_cli.options import EvaluateOptions, ServeOptions
 from coea_cli.recs.engine import Engine, track_variant
 from coea_cli.recs.lists import RECORD, SOURCES
@@ -25,7 +26,8 @@ COLUMNS = [
     ("novel_hr@10", "novel HR@10"), ("unexpectedness@10", "Unexp@10"),
     ("self_info@10", "SelfInfo@10"), ("hist_dist@10", "HistDist@10"), ("ild@10", "ILD@10"),
     ("coverage@10", "Cov@10"), ("gini@10", "Gini@10"), ("serendipity@10", "Seren@10"),
-    ("serendipity_rank@10", "SerenRank@10"),
+    ("serendipity_rank@10", "SerenRank@10"), ("share_draw@10", "Draw@10"),
+    ("share_reserve@10", "Reserve@10"), ("share_fill@10", "Fill@10"),
 ]  # fmt: skip
 
 
@@ -45,85 +47,116 @@ def run_evaluate(ctx: Ctx[EvaluateOptions]) -> dict | None:
             return report
         console.out.print(markdown(report), markup=False)
         return None
-    item_emb = ws.item_embedding("content")
     t0 = time.time()
     engine = Engine(ws, test, ctx.device)
-    w = engine.world
-    users, truth, history, item_pop, n_train_users = _test_set(engine, test)
-
-    rows: dict[str, dict] = {}
-    notes: dict[str, str] = {}
-    per_user: dict[str, dict] = {}
-
-    def score(name: str, recs: np.ndarray | list[np.ndarray], note: str = "") -> None:
-        """Metrics of one system; for a list of draws of a random system, their mean."""
-        draws = recs if isinstance(recs, list) else [recs]
-        each = [
-            metrics.compute_all(
-                r, truth, history, w.item_cluster, item_pop, n_train_users, w.n_items, item_emb, ks
-            )
-            for r in draws
-        ]
-        rows[name] = {key: float(np.mean([e[key] for e in each])) for key in each[0]}
-        rows[name] |= {"users": each[0]["users"], "novel_users": each[0]["novel_users"]}
-        pu = [metrics.per_user(r, truth, history, w.item_cluster, 10) for r in draws]
-        per_user[name] = {key: np.mean([p[key] for p in pu], axis=0) for key in pu[0]}
-        notes[name] = note
-
-    score("Popularity", systems.popularity(engine, users, k_max), "most popular unseen items")
-    score("Random novel",
-          [systems.random_novel(engine, users, k_max, ctx.seed + d) for d in range(RANDOM_DRAWS)],
-          f"random unseen items from clusters new to the user; mean of {RANDOM_DRAWS} draws")  # fmt: skip
-    score("DSIE top-K", systems.dsie_top(engine, users, k_max), "relevance only")
-    score("DSIE + MMR", systems.dsie_mmr(engine, users, k_max, item_emb, o.mmr_lambda),
-          f"MMR lambda {o.mmr_lambda} over DSIE's top 100")  # fmt: skip
+    ev = events_at(engine, test)
+    scores = Scores(ks, ws.item_embedding("content"))
     serve, seed = stored["options"], stored["seed"]
-    for name, variant, note in _variants(ws, main, ctx.device, seed):
-        if variant is None:
-            notes[name] = note
-            continue
-        lists = engine.recommend(users, variant, serve, k_max, seed)["lists"]
-        score(name, systems.from_lists(lists, users, k_max), note)
-    score("CoEA (full)", systems.from_lists(stored["lists"], users, k_max),
-          f"main track, round {main['round']}: the stored lists (recs/recs.parquet)")  # fmt: skip
-
+    baselines(scores, engine, ev, serve, k_max, ctx.seed, o.mmr_lambda)
+    variants = coea_variants(ws, main, ctx.device, seed)
+    coea_rows(scores, engine, ev, variants, serve, k_max, seed)
+    full = f"main track, round {main['round']}: the stored lists (recs/recs.parquet)"
+    lists = stored["lists"]
+    scores.add("CoEA (full)", ev, systems.from_lists(lists, ev.users, k_max), full, lists)
     rounds = plots.round_curves(ws)
     report = {
         "protocol": metrics.protocol(ks),
         "test_period": test,
-        "users": len(users),
-        "systems": rows,
-        "notes": notes,
-        "targets": _targets(rows, per_user, ctx.seed),
+        "users": len(ev.users),
+        "systems": scores.pooled(),
+        "notes": scores.notes,
+        "comparisons": comparisons(scores, ctx.seed),
         "rounds": rounds,
-        "new_interest_rate_7d": _nir(w, test, users, history),
+        "new_interest_rate_7d": _nir(engine.world, test, ev.users, ev.history),
         "seconds": round(time.time() - t0, 1),
     }
     with st.write() as tmp:
         store.write_json(ws.eval.file("report", tmp), _clean(report))
         ws.eval.file("markdown", tmp).write_text(markdown(report), encoding="utf-8")
         plots.rounds_png(rounds, ws.eval.file("rounds", tmp))
-        plots.tradeoff_png(rows, ws.eval.file("tradeoff", tmp))
+        plots.tradeoff_png(report["systems"], ws.eval.file("tradeoff", tmp))
     if ctx.json:
         return _clean(report)
     console.out.print(markdown(report), markup=False)
     return None
 
 
-def _test_set(engine: Engine, test: int):
-    """Users of the test period with a history, their held-out items and histories; each
-    item's number of distinct users before the test period, and the number of such users."""
-    truth_seq = engine.world.history.during(test)
-    users = np.array(
-        [u for u in truth_seq.users().tolist() if len(engine.seen(u)) > 0], dtype=np.int64
+STRONG = "DSIE unexplored"  # the strongest simple rule: every claim is measured against it
+SIMPLE = (STRONG, "Popular unexplored", "Random unexplored")
+
+
+def baselines(scores: Scores, engine: Engine, ev: Events, serve: ServeOptions, k: int,
+              seed: int, mmr_lambda: float) -> None:  # fmt: skip
+    """Every system without an LLM, each with what it isolates."""
+    u, m, r = ev.users, serve.top_m, serve.explore_ratio
+    scores.add("Popularity", ev, systems.popularity(engine, u, k),
+               "most popular unseen items: no personalisation")  # fmt: skip
+    draws = [systems.random_novel(engine, u, k, seed + d) for d in range(RANDOM_DRAWS)]
+    scores.add("Random novel", ev, draws,
+               f"random unseen items of clusters new to the user (mean of {RANDOM_DRAWS} draws): "
+               "novelty with no relevance")  # fmt: skip
+    scores.add("DSIE top-K", ev, systems.dsie_top(engine, u, k), "DSIE's ranking: relevance only")
+    scores.add("DSIE + MMR", ev, systems.dsie_mmr(engine, u, k, scores.item_emb, mmr_lambda),
+               f"DSIE re-ranked by MMR (lambda {mmr_lambda}) over its top 100: diversity "
+               "without the user's history")  # fmt: skip
+    lists = systems.dsie_unexplored(engine, u, k)
+    scores.add(
+        STRONG,
+        ev,
+        systems.from_lists(lists, u, k),
+        "DSIE's top K over every cluster new to the user: the rule with no LLM",
+        lists,
     )
-    truth = [np.unique(truth_seq.of(int(u))) for u in users]
-    history = [engine.seen(u) for u in users]
+    lists = systems.popular_unexplored(engine, u, k, m, r)
+    scores.add("Popular unexplored", ev, systems.from_lists(lists, u, k),
+               f"the {m} unexplored clusters most users engaged, DSIE inside: cluster choice "
+               "by popularity", lists)  # fmt: skip
+    draws = [systems.random_unexplored(engine, u, k, m, r, seed + d) for d in range(RANDOM_DRAWS)]
+    scores.add("Random unexplored", ev, [systems.from_lists(x, u, k) for x in draws],
+               f"{m} random unexplored clusters, DSIE inside (mean of {RANDOM_DRAWS} draws): "
+               "cluster choice at random")  # fmt: skip
+
+
+def coea_rows(scores: Scores, engine: Engine, ev: Events, variants, serve, k: int, seed: int):
+    for name, variant, note in variants:
+        if variant is None:
+            scores.note(name, note)
+            continue
+        lists = engine.recommend(ev.users, variant, serve, k, seed)["lists"]
+        scores.add(name, ev, systems.from_lists(lists, ev.users, k), note, lists)
+
+
+def comparisons(scores: Scores, seed: int) -> dict:
+    """Every CoEA row against the strongest simple rule; full CoEA against each simple
+    rule. Ratios of per-event means with 95% paired-bootstrap intervals."""
+    out = {}
+    coea = [n for n in scores.rows if n.startswith("CoEA") or n.startswith("Novelty")]
+    for name in coea:
+        out[f"{name} vs {STRONG}"] = scores.compare(name, STRONG, seed)
+    if "CoEA (full)" in scores.rows:
+        for base in SIMPLE[1:]:
+            out[f"CoEA (full) vs {base}"] = scores.compare("CoEA (full)", base, seed)
+    return out
+
+
+def events_at(engine: Engine, period: int) -> Events:
+    """Users active in `period` with a history before it, their items in the period, and the
+    popularity the novelty metrics use (distinct users per item before the period)."""
+    during = engine.world.history.during(period)
+    users = np.array([u for u in during.users().tolist() if len(engine.seen(u))], np.int64)
     h = engine.world.history
-    before = h.periods < test
+    before = h.periods < period
     pairs = np.unique(np.stack([h.users[before], h.items[before]]), axis=1)
-    item_pop = np.bincount(pairs[1], minlength=h.n_items)
-    return users, truth, history, item_pop, len(np.unique(h.users[before]))
+    return Events(
+        period=period,
+        users=users,
+        truth=[np.unique(during.of(int(u))) for u in users],
+        history=[engine.seen(u) for u in users],
+        item_pop=np.bincount(pairs[1], minlength=h.n_items),
+        n_train_users=len(np.unique(h.users[before])),
+        item_cluster=engine.world.item_cluster,
+        n_items=h.n_items,
+    )
 
 
 def _inputs(ws: Workspace) -> list[Path]:
@@ -154,8 +187,10 @@ def stored_lists(ws: Workspace, main: dict, test: int, k: int) -> dict:
         problem = "the lists are not those of every user at the test period"
         raise ArtifactError(out.path, "recommend", problem)
     options = manifest.get("options", {})
-    if options.get("round") is not None or options.get("dsie") is False:
-        raise ArtifactError(out.path, "recommend", "the lists are an ablation (--round, --no-dsie)")
+    if options.get("round") is not None or options.get("track", "main") != MAIN:
+        raise ArtifactError(
+            out.path, "recommend", "the lists are not the main track's current ones"
+        )
     if options.get("k", 0) < k:
         problem = f"the lists hold {options.get('k')} items, --ks needs {k}"
         raise ArtifactError(out.path, f"recommend --k {k}", problem)
@@ -180,51 +215,32 @@ def lists_of(table) -> dict:
     return {int(u[0]): r for u, r in parts if len(u)}
 
 
-def _variants(ws: Workspace, main: dict, device: str, seed: int) -> list:
-    """The CoEA ablations computed here, as (name, Variant or None, note); full CoEA comes
-    from the stored lists."""
+def coea_variants(ws: Workspace, main: dict, device: str, seed: int) -> list:
+    """The CoEA ablations built here, as (name, Variant or None, what it isolates); full
+    CoEA comes from the stored lists."""
     main_track = ws.track(MAIN)
     out = [
         ("CoEA round 0 (w/o PCO)", track_variant(ws, main_track, device, seed, 0),
-         "round-0 adapters"),
+         "round-0 adapters: what the PCO rounds add"),
     ]  # fmt: skip
     tracks = ws.tracks()
-    nokl = ws.track("nokl").state() if "nokl" in tracks else None
-    if nokl is not None and nokl["round"] > 0:
-        out.append(("CoEA w/o KL", track_variant(ws, ws.track("nokl"), device, seed),
-                    f"track nokl, round {nokl['round']}"))  # fmt: skip
-    else:
-        out.append(("CoEA w/o KL", None, "not run: `coea pco-round --track nokl --no-kl`"))
-    nodsie = ws.track("nodsie").state() if "nodsie" in tracks else None
-    src = ws.track("nodsie") if nodsie is not None and nodsie["round"] > 0 else main_track
-    out.append(
-        ("CoEA w/o DSIE", track_variant(ws, src, device, seed, use_dsie=False, name="nodsie"),
-         "no persona or long-term context; items ranked by popularity inside clusters"),
-    )  # fmt: skip
+    for track, name, what, how in (
+        ("nokl", "CoEA w/o KL", "the KL term", "--no-kl"),
+        ("nodsie", "CoEA w/o DSIE",
+         "persona and long-term context (trained and served without them; popularity inside "
+         "clusters)", "--no-dsie"),
+    ):  # fmt: skip
+        state = ws.track(track).state(branch=False) if track in tracks else None
+        if state is not None and state["round"] > 0:
+            note = f"track {track}, round {state['round']}: {what}"
+            out.append((name, track_variant(ws, ws.track(track), device, seed, name=name), note))
+        else:
+            out.append((name, None, f"not run: `coea pco-round --track {track} {how}`"))
+    out.append(("Novelty LLM alone", track_variant(ws, main_track, device, seed, judge=False),
+                "main track, draws by Novelty probability, no Relevance: what best-of-n adds"))  # fmt: skip
+    out.append(("CoEA w/o reserve", track_variant(ws, main_track, device, seed, reserve=False),
+                "main track, the judged draws only: what the reserve adds"))  # fmt: skip
     return out
-
-
-def _targets(rows: dict, per_user: dict, seed: int) -> dict:
-    """The issue's targets on the point estimates, with 95% paired-bootstrap intervals of the
-    ratios over the evaluated users."""
-    full, dsie, rnd = rows.get("CoEA (full)"), rows.get("DSIE top-K"), rows.get("Random novel")
-    if not (full and dsie and rnd):
-        return {}
-
-    def ratio(key: str, base: str) -> dict:
-        point, lo, hi = metrics.ratio_interval(
-            per_user["CoEA (full)"][key], per_user[base][key], seed=seed
-        )
-        return {"ratio": point, "ci95": [lo, hi]}
-
-    s = ratio("serendipity", "DSIE top-K")
-    h = ratio("novel_hit", "Random novel")
-    u = full["unexpectedness@10"] - dsie["unexpectedness@10"]
-    return {
-        "serendipity@10 vs DSIE top-K (goal >= 1.5x)": {**s, "met": s["ratio"] >= 1.5},
-        "novel HR@10 vs random novel (goal >= 2x)": {**h, "met": h["ratio"] >= 2.0},
-        "unexpectedness@10 minus DSIE top-K (goal: well above)": {"difference": u, "met": u > 0.2},
-    }
 
 
 def _nir(w, test: int, users: np.ndarray, history) -> float:
@@ -275,15 +291,32 @@ def markdown(report: dict) -> str:
     if missing:
         lines.append("")
         lines.append("Not evaluated: " + ", ".join(missing))
-    if report["targets"]:
-        lines += ["", "Targets:"]
-        for name, t in report["targets"].items():
-            value = _fmt(t.get("ratio", t.get("difference")))
-            if t.get("ci95"):
-                lo, hi = t["ci95"]
-                value += f" (95% CI {_fmt(lo)} to {_fmt(hi)} over users)"
-            lines.append(f"- {name}: {value}: {'met' if t['met'] else 'NOT met'}")
+    lines += ["", "Draw@10, Reserve@10, Fill@10: share of the top-10 slots from the Novelty LLM's",
+              "draws, from the reserve, and from DSIE's fill.", ""]  # fmt: skip
+    lines += comparison_table(report["comparisons"])
     return "\n".join(lines) + "\n"
+
+
+def comparison_table(comparisons: dict) -> list[str]:
+    """Ratios with 95% paired-bootstrap intervals; a verdict only where the interval excludes 1."""
+    if not comparisons:
+        return []
+    labels = [label for _, _, label in HEADLINE]
+    lines = [
+        "Ratios of per-event means, 95% paired bootstrap over events; better/worse only when "
+        "the interval excludes 1.",
+        "",
+        "| comparison | " + " | ".join(labels) + " |",
+        "|---|" + "---|" * len(labels),
+    ]
+    for name, cmp in comparisons.items():
+        cells = []
+        for label in labels:
+            c = cmp[label]
+            lo, hi = c["ci95"]
+            cells.append(f"{_fmt(c['ratio'])} [{_fmt(lo)}, {_fmt(hi)}] {c['verdict']}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _fmt(v) -> str:

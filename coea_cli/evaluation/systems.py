@@ -1,9 +1,17 @@
-"""Baselines and ablations evaluated beside CoEA, each producing a [U, K] list of items."""
+"""Baselines evaluated beside CoEA, each producing a [U, K] list of items (or, for those
+built like CoEA's lists, {user: RECORD list}).
+
+The "unexplored clusters" baselines build their lists exactly as CoEA does (`rank_inside`:
+the first m clusters new to the user, items ranked by DSIE inside, DSIE's fill after), so
+they differ from CoEA only in how the clusters are chosen.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
+from coea_cli.llm.context import cluster_popularity
+from coea_cli.recs.candidates import Candidate
 from coea_cli.recs.engine import Engine
 
 
@@ -89,3 +97,52 @@ def from_lists(lists: dict, users: np.ndarray, k: int) -> np.ndarray:
         items = lists[int(u)]["item"][:k]
         out[r, : len(items)] = items
     return out
+
+
+def _as_candidates(clusters) -> list[Candidate]:
+    return [Candidate((int(c),), float("nan"), float("nan")) for c in clusters]
+
+
+def _unexplored(engine: Engine, user: int) -> np.ndarray:
+    """Clusters holding items that are absent from the user's history, ascending."""
+    present = np.array(sorted(engine.items_of))
+    return np.setdiff1d(present, engine.familiar(user))
+
+
+def dsie_unexplored(engine: Engine, users: np.ndarray, k: int) -> dict:
+    """DSIE's top K over every cluster new to the user (no LLM, no cluster choice)."""
+    n = len(engine.items_of)
+    return engine.rank_inside(users, lambda u: _as_candidates(_unexplored(engine, u)), k, n, 1.0)
+
+
+def popular_unexplored(
+    engine: Engine, users: np.ndarray, k: int, top_m: int, explore_ratio: float
+) -> dict:
+    """The m unexplored clusters most users engaged before the cutoff, DSIE inside."""
+    pop = cluster_popularity(engine.world, engine.before)
+
+    def order(u):
+        c = _unexplored(engine, u)
+        return _as_candidates(c[np.argsort(-pop[c], kind="stable")])
+
+    return engine.rank_inside(users, order, k, top_m, explore_ratio)
+
+
+def random_unexplored(
+    engine: Engine, users: np.ndarray, k: int, top_m: int, explore_ratio: float, seed: int
+) -> dict:
+    """m unexplored clusters drawn at random (seeded), DSIE inside."""
+    rng = np.random.default_rng(seed)
+    return engine.rank_inside(
+        users, lambda u: _as_candidates(rng.permutation(_unexplored(engine, u))), k, top_m,
+        explore_ratio,
+    )  # fmt: skip
+
+
+def slot_shares(lists: dict, users: np.ndarray, k: int) -> dict[str, float]:
+    """Share of the top-k slots (over `users`) that came from each source."""
+    from coea_cli.recs.lists import SOURCES
+
+    src = np.concatenate([lists[int(u)]["source"][:k] for u in users] or [np.zeros(0, int)])
+    total = max(1, len(src))
+    return {f"share_{name}@{k}": float((src == j).sum() / total) for j, name in enumerate(SOURCES)}

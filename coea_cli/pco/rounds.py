@@ -319,7 +319,7 @@ class RoundK(RoundBase):
         self.new_prompts = [self.prompts[j] for j, _, _ in pos_rows]
         self.new_targets = [c for _, c, _ in pos_rows]
         self.replay_p, replay_t = _replay(
-            self.track, self.k, len(self.new_prompts), o.replay, self.seed_k
+            self.track, self.state, len(self.new_prompts), o.replay, self.seed_k
         )
         common = dict(
             valid_clusters=self.clusters, epochs=o.epochs, lr=o.lr, batch_size=o.batch_size,
@@ -456,13 +456,15 @@ def _cap_per_user(rows, pos, cap: int, seed: int) -> list:
     return [rows[i] for i in keep]
 
 
-def _replay(track: Track, k: int, n_new: int, share: float, seed: int):
-    """A `share` of the round's examples drawn from earlier rounds' training data."""
+def _replay(track: Track, state: dict, n_new: int, share: float, seed: int):
+    """A `share` of the round's examples drawn from earlier rounds' training data (the rounds
+    of the state's history, whatever track wrote them)."""
     if share <= 0 or n_new == 0:
         return [], []
     tables = []
-    for j in range(k):
-        path = track.round_file(j, "examples")
+    for entry in state["history"]:
+        folder = Path(track.root) / Path(entry["metrics"]).parent
+        path = track.round_file(entry["round"], "examples", folder)
         if path.exists():
             tables.append(store.read_parquet(path))
     if not tables:
@@ -485,12 +487,14 @@ def _dpo_pairs(rows, pos, neg, prompts):
     return [(prompts[j], p, n) for j, (ps, ns) in by_user.items() for p in ps for n in ns]
 
 
-def report_on_test_period(world: World, model, tok, prompter, k: int = 5) -> dict:
+def report_on_test_period(
+    world: World, model, tok, prompter, use_dsie: bool = True, k: int = 5
+) -> dict:
     """Evaluation only (never used to accept a round): the Novelty LLM's top-k novel clusters
     for users of the test period, with context as of its start. `first` counts a hit only on
     the first new cluster each user engages in the period; `any` on any of them."""
     test = world.test_period
-    users = [u for u in period_users(world, test) if u.novel]
+    users = [u for u in period_users(world, test, use_dsie=use_dsie) if u.novel]
     during = world.history.during(test)
     first = []
     for u in users:

@@ -12,7 +12,7 @@ from coea_cli.llm.models import LORA_ALPHA, LLMSpec, load_model, spec_of
 from coea_cli.options import PcoOptions
 from coea_cli.pco.backbone import ensure_backbone
 from coea_cli.pco.rounds import RoundK, RoundZero, report_on_test_period
-from coea_cli.workspace import Serving, Track, Workspace
+from coea_cli.workspace import MAIN, Serving, Track, Workspace
 from coea_cli.workspace.tracks import fingerprint
 
 
@@ -44,7 +44,25 @@ def serving_record(ws: Workspace, o: PcoOptions, backbone: Path) -> Serving:
         lora_r=o.lora_r,
         lora_alpha=LORA_ALPHA,
         sid_version=ws.sids().version,
+        context=context_of(o),
     )
+
+
+def context_of(o: PcoOptions) -> str:
+    return "full" if o.dsie else "recent"
+
+
+def start_state(ws: Workspace, track: Track, context: str) -> dict | None:
+    """The state a run continues from: the track's own; for a new track the main track's
+    round 0 when both train with the same context; else None (the track trains its own
+    round 0, e.g. `--track nodsie --no-dsie`)."""
+    own = track.state(branch=False)
+    if own is not None or track.name == MAIN:
+        return own
+    main = ws.track(MAIN).state()
+    if main is not None and main.get("serving", {}).get("context") == context:
+        return track.state()
+    return None
 
 
 def check_same_training(state: dict | None, new: Serving, track: Track) -> None:
@@ -55,7 +73,7 @@ def check_same_training(state: dict | None, new: Serving, track: Track) -> None:
     old = Serving.from_dict(state["serving"], track.state_path())
     changed = [
         f"{k}: {getattr(old, k)} -> {getattr(new, k)}"
-        for k in ("base_model", "backbone_fingerprint", "quant", "lora_r", "sid_version")
+        for k in ("base_model", "backbone_fingerprint", "quant", "lora_r", "sid_version", "context")
         if getattr(old, k) != getattr(new, k)
     ]
     if changed:
@@ -72,7 +90,7 @@ def run_pco(ctx: Ctx[PcoOptions]) -> dict:
     track = ws.track(o.track)
     with store.workspace_lock(ctx.work, "pco-round"):
         world = World.load(ws)
-        state = track.state()
+        state = start_state(ws, track, context_of(o))
         todo = plan(state, world.test_period, o.rounds, o.round)
         if not todo:
             console.log(f"nothing to do: track {track.name} has run every period before the test")
@@ -134,7 +152,8 @@ def _one_round(ctx, track: Track, k: int, state, world, spec: LLMSpec, serving: 
             novelty = metrics["novelty_path"] if metrics["accepted"] else cur["novelty"]
             relevance = metrics["relevance_path"] if metrics["accepted"] else cur["relevance"]
         model, tok = load_model(spec, Path(track.root) / novelty, False)
-        metrics["test"] = report_on_test_period(world, model, tok, Prompter(world, o.template_dir))
+        prompter = Prompter(world, o.template_dir)
+        metrics["test"] = report_on_test_period(world, model, tok, prompter, use_dsie=o.dsie)
         store.write_json(track.round_file(k, "metrics", tmp), metrics)
     verdict = "accepted" if metrics["accepted"] else "rejected: previous adapters stay current"
     console.log(f"round {k} {verdict}")

@@ -24,8 +24,9 @@ Key = tuple[int, tuple[int, ...]]
 @dataclass
 class Candidate:
     cluster: Cluster
-    relevance: float  # P(Yes) from the Relevance LLM; NaN for reserve clusters (not judged)
+    relevance: float  # P(Yes) from the Relevance LLM; NaN when not judged
     novelty: float  # probability under the Novelty LLM's constrained distribution
+    reserve: bool = False  # not drawn: a reserve cluster in the Novelty LLM's order
 
 
 def key_of(group: int, recent: list[int], key_recent: int) -> Key:
@@ -56,10 +57,13 @@ def key_candidates(
     temperature: float,
     seed: int,
     use_dsie: bool = True,
+    judge: bool = True,
+    reserve: bool = True,
     batch_size: int = 32,
 ) -> dict[Key, list[Candidate]]:
-    """Candidates per key: the judged draws, best Relevance score first, then the reserve by
-    Novelty probability. `novelty` and `relevance` are (model, tokenizer) pairs."""
+    """Candidates per key: the draws, best Relevance score first (or, with `judge` off, most
+    probable first and unjudged), then with `reserve` every other allowed cluster by Novelty
+    probability. `novelty` and `relevance` are (model, tokenizer) pairs."""
     from coea_cli.llm.decoding import cluster_logprobs, relevance_scores
 
     clusters = world.clusters()
@@ -88,23 +92,23 @@ def key_candidates(
         drawn.append([clusters[j] for j in dict.fromkeys(picks.tolist())])
         probs.append(p)
     flat = [(r, c) for r, row in enumerate(drawn) for c in row]
-    rel = (
-        relevance_scores(
-            *relevance, [prompter.relevance(contexts[r], c) for r, c in flat], batch_size=batch_size
-        ).numpy()
-        if flat
-        else np.zeros(0)
-    )
+    if judge and flat:
+        prompts = [prompter.relevance(contexts[r], c) for r, c in flat]
+        rel = relevance_scores(*relevance, prompts, batch_size=batch_size).numpy()
+    else:
+        rel = np.full(len(flat), np.nan)
     out: dict[Key, list[Candidate]] = {k: [] for k in keys}
     for (r, c), s in zip(flat, rel, strict=True):
         out[keys[r]].append(Candidate(c, float(s), float(probs[r][col[c]])))
     for r, k in enumerate(keys):
-        out[k].sort(key=lambda x: (-x.relevance, -x.novelty))
-        judged = set(drawn[r])
-        reserve = [j for j in np.argsort(-probs[r], kind="stable") if probs[r][j] > 0]
+        out[k].sort(key=lambda x: (-x.relevance if judge else 0.0, -x.novelty))
+        if not reserve:
+            continue
+        seen = set(drawn[r])
+        order = [j for j in np.argsort(-probs[r], kind="stable") if probs[r][j] > 0]
         out[k] += [
-            Candidate(clusters[j], float("nan"), float(probs[r][j]))
-            for j in reserve
-            if clusters[j] not in judged
+            Candidate(clusters[j], float("nan"), float(probs[r][j]), reserve=True)
+            for j in order
+            if clusters[j] not in seen
         ]
     return out

@@ -29,15 +29,20 @@ class Variant:
     relevance: Path
     spec: LLMSpec
     use_dsie: bool = True  # persona + long-term context in prompts, DSIE item ranking
+    judge: bool = True  # Relevance best-of-n over the draws (off: the Novelty LLM alone)
+    reserve: bool = True  # follow the draws with every other allowed cluster
 
 
 def track_variant(
     ws: Workspace, track: Track, device: str, seed: int, round_: int | None = None,
-    use_dsie: bool = True, name: str | None = None,
+    name: str | None = None, judge: bool = True, reserve: bool = True,
 ) -> Variant:  # fmt: skip
-    """A track's current adapters (or a given round's), with the spec they were trained with."""
+    """A track's current adapters (or a given round's), served as they were trained: the same
+    backbone and LoRA shape, and the same context (a track trained with --no-dsie gets prompts
+    without persona or long-term history, and popularity ranking inside clusters)."""
     state = track.require_state()
     spec = serving_spec(ws, track, state, device, seed)
+    use_dsie = state["serving"]["context"] == "full"
     if round_ is None:
         entry, label = state["current"], track.name
     else:
@@ -45,9 +50,8 @@ def track_variant(
         if entry is None:
             raise BadInput(f"--round {round_}: track {track.name} has no round {round_}")
         label = f"{track.name}@{round_}"
-    return Variant(
-        name or label, ws.root / entry["novelty"], ws.root / entry["relevance"], spec, use_dsie
-    )
+    novelty, relevance = ws.root / entry["novelty"], ws.root / entry["relevance"]
+    return Variant(name or label, novelty, relevance, spec, use_dsie, judge, reserve)
 
 
 class Engine:
@@ -80,6 +84,31 @@ class Engine:
     def dsie_scores(self, users: np.ndarray) -> np.ndarray:
         return scores(self.dsie, self.states[users])
 
+    def familiar(self, user: int) -> np.ndarray:
+        """Clusters in the user's history, ascending."""
+        return np.unique(self.world.item_cluster[self.seen(user)])
+
+    def rank_inside(
+        self, users, candidates_of, k: int, top_m: int, explore_ratio: float, use_dsie=True
+    ) -> dict:
+        """{user: RECORD list}: the user's first `top_m` unfamiliar candidate clusters
+        (`candidates_of(user)`), items inside ranked by DSIE (popularity without DSIE), the
+        rest of the K slots filled by that ranking."""
+        w, lists = self.world, {}
+        for start in range(0, len(users), 1024):
+            chunk = np.asarray(users[start : start + 1024], dtype=np.int64)
+            if use_dsie:
+                block = self.dsie_scores(chunk)
+            else:
+                block = np.broadcast_to(self.popularity, (len(chunk), w.n_items))
+            for row, u in zip(block, chunk, strict=True):
+                fam = set(self.familiar(u).tolist())
+                lists[int(u)] = user_list(
+                    row, self.seen(u), fam, candidates_of(int(u)), self.items_of,
+                    w.item_cluster, k=k, top_m=top_m, explore_ratio=explore_ratio,
+                )  # fmt: skip
+        return lists
+
     def recommend(
         self, users: np.ndarray, variant: Variant, opt: ServeOptions, k: int, seed: int
     ) -> dict:
@@ -94,7 +123,7 @@ class Engine:
         unique = sorted(set(keys.values()))
         t1 = time.time()
         novelty = load_model(variant.spec, variant.novelty, False)
-        relevance = load_model(variant.spec, variant.relevance, False)
+        relevance = load_model(variant.spec, variant.relevance, False) if variant.judge else None
         console.log(
             f"{variant.name}: {len(users)} users share {len(unique)} serving keys; "
             f"sampling {opt.n} clusters per key"
@@ -102,21 +131,12 @@ class Engine:
         cands = key_candidates(
             w, unique, novelty, relevance, self.prompter, n=opt.n,
             temperature=opt.temperature, seed=seed, use_dsie=variant.use_dsie,
+            judge=variant.judge, reserve=variant.reserve,
         )  # fmt: skip
         t2 = time.time()
-        lists = {}
-        for start in range(0, len(users), 1024):
-            chunk = np.asarray(users[start : start + 1024], dtype=np.int64)
-            if variant.use_dsie:
-                block = self.dsie_scores(chunk)
-            else:
-                block = np.broadcast_to(self.popularity, (len(chunk), w.n_items))
-            for row, u in zip(block, chunk, strict=True):
-                fam = {c[0] for c in ctx[int(u)].familiar}
-                lists[int(u)] = user_list(
-                    row, self.seen(u), fam, cands[keys[int(u)]], self.items_of,
-                    w.item_cluster, k=k, top_m=opt.top_m, explore_ratio=opt.explore_ratio,
-                )  # fmt: skip
+        lists = self.rank_inside(
+            users, lambda u: cands[keys[u]], k, opt.top_m, opt.explore_ratio, variant.use_dsie
+        )
         t3 = time.time()
         return {
             "lists": lists,

@@ -1,9 +1,12 @@
 """Per-user top-K lists: items inside the user's best novel clusters, ranked by DSIE.
 
-For each user the key's candidates (judged draws, then the reserve) lose every cluster the user
-already knows; the top m left give the exploration pool, whose unseen items are ranked by the
-user's DSIE score. A share `1 - explore_ratio` of the K slots (and any slot the pool cannot fill)
-goes to DSIE's own relevance ranking.
+For each user the key's candidates (the draws, judged or not, then the reserve) lose every
+cluster the user already knows; the top m left give the exploration pool, whose unseen items
+are ranked by the user's DSIE score. A share `1 - explore_ratio` of the K slots (and any slot
+the pool cannot fill) goes to DSIE's own relevance ranking.
+
+Each slot records where it came from (`source`): a cluster the Novelty LLM drew ("draw"), a
+reserve cluster taken in the Novelty LLM's order ("reserve"), or DSIE's fill ("fill").
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ import numpy as np
 
 from coea_cli.recs.candidates import Candidate
 
-SOURCES = ("coea", "dsie")
+SOURCES = ("draw", "reserve", "fill")
+DRAW, RESERVE, FILL = range(3)
 RECORD = np.dtype([("item", "<i4"), ("score", "<f4"), ("cluster", "<i4"), ("source", "u1")])
 
 
@@ -31,20 +35,21 @@ def user_list(
     """One user's list as a RECORD array (at most k rows). `scores`: [N] item scores."""
     s = scores.astype(np.float64).copy()
     s[seen] = -np.inf
-    novel = [c.cluster[0] for c in candidates if c.cluster[0] not in familiar][:top_m]
+    picked = [c for c in candidates if c.cluster[0] not in familiar][:top_m]
+    source = {c.cluster[0]: RESERVE if c.reserve else DRAW for c in picked}
     n_explore = round(k * explore_ratio)
     chosen: list[tuple[int, int]] = []
-    if novel and n_explore > 0:
-        pool = np.concatenate([items_of_cluster.get(c, np.zeros(0, np.int64)) for c in novel])
+    if picked and n_explore > 0:
+        pool = np.concatenate([items_of_cluster.get(c, np.zeros(0, np.int64)) for c in source])
         pool = pool[np.isfinite(s[pool])]
         top = pool[np.argsort(-s[pool], kind="stable")[:n_explore]]
-        chosen += [(int(i), 0) for i in top]
+        chosen += [(int(i), source[int(item_cluster[i])]) for i in top]
         s[top] = -np.inf
     rest = k - len(chosen)
     if rest > 0:
         finite = np.flatnonzero(np.isfinite(s))
         top = finite[np.argsort(-s[finite], kind="stable")[:rest]]
-        chosen += [(int(i), 1) for i in top]
+        chosen += [(int(i), FILL) for i in top]
     out = np.zeros(len(chosen), dtype=RECORD)
     for r, (i, src) in enumerate(chosen):
         out[r] = (i, scores[i], item_cluster[i], src)

@@ -51,7 +51,7 @@ def run_recommend(ctx: Ctx[RecommendOptions]) -> dict:
     out = ws.recs(shard)
     if o.user is not None:
         return lookup(ws, str(o.user), out)
-    variant = track_variant(ws, ws.track(o.track), ctx.device, ctx.seed, o.round, o.dsie)
+    variant = track_variant(ws, ws.track(o.track), ctx.device, ctx.seed, o.round)
     before = ws.dataset()["test_period"] if o.before_period is None else o.before_period
     inputs = [ws.data.require("interactions"), ws.sids_dir.require("sids")]
     inputs += [ws.groups_dir.require("groups"), ws.dsie().require("model")]

@@ -42,6 +42,7 @@ class Serving:
     lora_r: int
     lora_alpha: int
     sid_version: str
+    context: str  # "full" (persona + whole history) or "recent" (--no-dsie: recent window)
 
     @classmethod
     def from_dict(cls, d: dict, path: Path) -> Serving:
@@ -89,7 +90,10 @@ def check_track_name(name: str) -> str:
 @dataclass(frozen=True)
 class Track:
     """A chain of rounds. `main` is the default; others (e.g. an ablation without the KL
-    term) branch from the shared round 0 and keep their own adapters and state."""
+    term) keep their own adapters, round folders and state, and start from the main track's
+    round 0 when they train with the same context (their state's history then begins with
+    main's round-0 entry). Rounds are written to the track's own folders; everything a round
+    reads from earlier rounds is found through the state's history."""
 
     root: Path
     name: str = MAIN
@@ -111,16 +115,14 @@ class Track:
         return self.pco / "state.json"
 
     def round_dir(self, k: int) -> Path:
-        root = Track(self.root) if k == 0 else self
-        return root.pco / f"round-{k:03d}"
+        return self.pco / f"round-{k:03d}"
 
     def round_file(self, k: int, key: str, folder: Path | None = None) -> Path:
         """A file of round k's folder, or of `folder` (the round's temporary folder)."""
         return (self.round_dir(k) if folder is None else Path(folder)) / ROUND[key]
 
     def adapter(self, role: str, k: int) -> Path:
-        root = Track(self.root) if k == 0 else self
-        return root.llm / role / f"round-{k:03d}"
+        return self.llm / role / f"round-{k:03d}"
 
     def relative(self, path: Path) -> str:
         return Path(path).relative_to(self.root).as_posix()
@@ -128,13 +130,13 @@ class Track:
     def exists(self) -> bool:
         return self.state_path().exists()
 
-    def state(self) -> dict | None:
-        """The track's state, or the shared round 0 state for a new track; None before
-        round 0."""
+    def state(self, branch: bool = True) -> dict | None:
+        """The track's state; for a new track (with `branch`) the main track's round-0 state
+        to start from; None before round 0."""
         path = self.state_path()
         if path.exists():
             return _read_state(path)
-        if self.name != MAIN:
+        if self.name != MAIN and branch:
             main = Track(self.root).state_path()
             if main.exists():
                 s = _read_state(main)
