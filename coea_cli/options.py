@@ -397,12 +397,15 @@ class SidOptions(Options):
 class GroupOptions(Options):
     """Group users and write one persona per group, embedded with the text encoder.
 
-    Behaviour features are each user's level-1 cluster histogram from period 0; users without
-    period-0 history use their history before the test period; users with none are placed by
-    their attributes (behavior: the most common group of their demographic cell; hybrid: the
-    nearest centroid on the attribute part), or without attributes in the largest group (0).
+    Groups are fitted on period-0 behaviour (each user's level-1 cluster histogram) and never
+    refitted: a user with period-0 history keeps that group; any other user is placed at each
+    period start p by the history before p (nearest centroid), or without any history by
+    attributes (behavior: the most common group of their demographic cell; hybrid: the nearest
+    centroid on the attribute part), or without attributes in the largest group (0). Personas
+    describe period-0 behaviour only, so no later period leaks into a prompt.
 
-    Reads data/ and sids/; writes groups/groups.parquet (user_id, group),
+    Reads data/ and sids/; writes groups/groups.parquet (period, user_id, group: each user's
+    group at the start of periods 1..test),
     groups/personas.parquet, groups/group_emb.safetensors ("persona" [G, d], "group" [G]),
     groups/report.json (intra- vs inter-group similarity) and groups/similarity.png.
     """
@@ -521,7 +524,16 @@ class DsieOptions(Options):
         Backend.auto,
         "Attention backend of the long-term branch: auto (Triton on CUDA), triton, torch.",
     )
-    out: str | None = opt(None, "Output folder name in the workspace (default dsie, or dsie-loo).")
+    cutoff: int | None = opt(
+        None,
+        "pipeline protocol: train on the periods before this one and store user states as of "
+        "its start (default: the test period, writing dsie/; another period K writes "
+        "dsie-before-K/, which the rolling evaluation reads).",
+        ge=1,
+    )
+    out: str | None = opt(
+        None, "Output folder name in the workspace (default dsie, dsie-before-K or dsie-loo)."
+    )
     resume: bool = opt(
         False,
         "Continue from the last epoch checkpoint (checkpoints/<out>/): model, optimizer, "
@@ -532,9 +544,8 @@ class DsieOptions(Options):
     def check(self) -> None:
         if self.hidden % self.heads or not 16 <= self.hidden // self.heads <= 128:
             raise BadInput("--hidden / --heads must be a whole head size between 16 and 128")
-
-    def out_name(self) -> str:
-        return self.out or ("dsie" if self.protocol == Protocol.pipeline else "dsie-loo")
+        if self.cutoff is not None and self.protocol != Protocol.pipeline:
+            raise BadInput("--cutoff applies to --protocol pipeline only")
 
 
 # ---------------------------------------------------------------- pco-round
@@ -695,6 +706,12 @@ class EvaluateOptions(Options):
 
     ks: str = opt("5,10,20", "Cut-offs K, comma separated (10 is always included).")
     mmr_lambda: float = opt(0.5, "Relevance weight of the DSIE + MMR baseline.", ge=0, le=1)
+    rolling: bool = opt(
+        False,
+        "Rolling evaluation instead: every period k = 1..test scored with the models as they "
+        "stood before it (DSIE from `train-dsie --cutoff k`, each track's adapters of the last "
+        "round accepted before k), events pooled; writes eval-rolling/.",
+    )
 
     def check(self) -> None:
         self.cutoffs()

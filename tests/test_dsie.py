@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -260,7 +261,7 @@ def test_train_dsie_outputs(trained):
         assert (d / name).exists()
     assert not (d / "user_keys.parquet").exists()  # serving keys are made by recommend
     report = json.loads((d / "report.json").read_text())
-    assert "test period is never read" in report["protocol"]
+    assert "Nothing from the test period on is read" in report["protocol"]
     losses = [h["loss"] for h in report["training"]["history"]]
     assert losses[-1] < losses[0]
     ws = Workspace(work)
@@ -422,3 +423,31 @@ def test_ddp_two_processes_match_one(tmp_path):
     np.testing.assert_allclose(runs[0]["losses"], single, rtol=1e-4)
     assert runs[0]["weights"] == pytest.approx(single_w, rel=1e-4)
     assert len(single) == 6 and single[-1] < single[0]
+
+
+def test_cutoff_trains_on_earlier_periods_only(tmp_path, grouped):  # noqa: F811
+    """--cutoff K writes dsie-before-K/ with states as of period K's start, and nothing from
+    period K on changes the model: a copy whose later items are scrambled trains the same."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(grouped, a, ignore=FRESH)
+    shutil.copytree(grouped, b, ignore=FRESH)
+    path = b / "data" / "interactions.parquet"
+    inter = pq.read_table(path)
+    items = inter["item_id"].to_numpy().copy()
+    later = inter["period"].to_numpy() >= 2
+    items[later] = np.random.default_rng().permutation(items[later])
+    store.write_parquet(path, inter.set_column(1, "item_id", pa.array(items)))
+    for work in (a, b):
+        r = coea("train-dsie", "--work", work, "--cutoff", 2, "--epochs", 2, *TINY)
+        assert r.code == 0, r.stderr
+        assert "Nothing from period 2 on is read" in r.stderr
+    wa, _ = store.read_tensors(a / "dsie-before-2" / "dsie.safetensors")
+    wb, _ = store.read_tensors(b / "dsie-before-2" / "dsie.safetensors")
+    for k in wa:
+        np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)
+    _, meta = store.read_tensors(a / "dsie-before-2" / "user_states.safetensors")
+    assert meta["before_period"] == 2
+    assert json.loads((a / "dsie-before-2" / "config.json").read_text())["cutoff"] == 2
+    assert not (a / "dsie").exists()
+    r = coea("train-dsie", "--work", a, "--cutoff", 99, *TINY)
+    assert r.code == 2 and "--cutoff 99" in r.stderr

@@ -172,13 +172,21 @@ def test_behavior_groups_recover_planted_tastes_and_place_new_users():
     hist0[80:] = 0  # users with no period-0 history: placed by their later history
     hist0[85:] = hist_pre[85:] = 0  # no history at all: placed by attributes
     attrs = {"gender": np.where(taste == 0, "F", "M").astype(object)}
-    g = grouping.behavior_groups(hist0, hist_pre, attrs, 3, seed=0)
+    hist1 = hist0.copy()  # at the start of period 1 users 80.. have no history yet
+    g = grouping.behavior_groups(hist0, {1: hist1, 2: hist_pre}, attrs, 3, seed=0)
     lab = g.labels
+    assert np.array_equal(lab, g.by_period[2])
     for t in range(3):
         assert len(set(lab[:80][taste[:80] == t])) == 1  # planted groups recovered exactly
     assert lab[80] == lab[60]  # later history -> nearest centroid
     assert any("without history" in note for note in g.notes)
     assert (lab[85:] >= 0).all()
+    # at period 1 nothing from period 1 on decides a group: users 80.. (taste 2, gender M)
+    # are placed by attributes, the majority group of M users with history
+    early = g.by_period[1]
+    assert np.array_equal(early[:80], lab[:80])  # users with period-0 history never move
+    males = early[:80][attrs["gender"][:80] == "M"]
+    assert (early[80:85] == np.bincount(males).argmax()).all()
 
 
 def test_fill_by_attributes_uses_majority_of_cell():
@@ -316,11 +324,23 @@ def test_heatmap_is_a_png(tmp_path):
 
 def test_profile_groups_outputs(grouped):
     g = grouped / "groups"
-    groups = pq.read_table(g / "groups.parquet")
-    assert groups.schema.field("user_id").type == pa.int32()
-    assert groups.schema.field("group").type == pa.int32()
+    table = pq.read_table(g / "groups.parquet")
+    assert [table.schema.field(c).type for c in ("period", "user_id", "group")] == [pa.int32()] * 3
     n_users = pq.read_table(grouped / "data" / "users.parquet").num_rows
-    assert sorted(groups["user_id"].to_pylist()) == list(range(n_users))
+    test = json.loads((grouped / "data" / "dataset.json").read_text())["test_period"]
+    assert sorted(set(table["period"].to_pylist())) == list(range(1, test + 1))
+    by_period = {
+        p: table.filter(pa.compute.equal(table["period"], p)).sort_by("user_id")
+        for p in range(1, test + 1)
+    }
+    for part in by_period.values():
+        assert part["user_id"].to_pylist() == list(range(n_users))
+    groups = by_period[test]
+    # a user with period-0 history keeps one group; others move only as their history grows
+    inter = pq.read_table(grouped / "data" / "interactions.parquet")
+    first = set(inter.filter(pa.compute.equal(inter["period"], 0))["user_id"].to_pylist())
+    for u in list(first)[:20]:
+        assert len({by_period[p]["group"][u].as_py() for p in by_period}) == 1
     personas = pq.read_table(g / "personas.parquet")
     assert personas.schema.field("top_clusters").type == pa.list_(pa.int32())
     assert personas.schema.field("representative_items").type == pa.list_(pa.string())

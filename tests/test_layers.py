@@ -55,7 +55,8 @@ def test_import_contracts_catch_a_stage_importing_a_command_module(tmp_path):
 
 def _artifact_names() -> set[str]:
     names = set()
-    for table in (core.DATA, core.ITEMS, core.SIDS, core.GROUPS, core.DSIE, core.RECS, core.EVAL):
+    tables = (core.DATA, core.ITEMS, core.SIDS, core.GROUPS, core.DSIE, core.RECS, core.EVAL)
+    for table in (*tables, core.ROLLING):
         names |= set(table.values())
     return names | set(tracks.ROUND.values())
 

@@ -251,3 +251,36 @@ def test_evaluate_refuses_lists_of_other_adapters(trained, tmp_path):
     r = coea("evaluate", "--ks", "5,10", "--work", w)
     assert r.code == 2 and f"the main track now serves {zero}" in r.stderr
     assert "run `coea recommend` first" in r.stderr
+
+
+def test_rolling_evaluation_uses_the_models_of_each_period(trained, tmp_path):
+    w = _copy(trained, tmp_path / "rolling")
+    r = coea("evaluate", "--rolling", "--ks", "5,10", "--work", w)
+    assert r.code == 2 and "run `coea train-dsie --cutoff 1` first" in r.stderr
+    r = coea("train-dsie", "--cutoff", 1, "--epochs", 1, "--hidden", 32, "--heads", 2, "--work", w)
+    assert r.code == 0, r.stderr
+    r = coea("evaluate", "--rolling", "--ks", "5,10", "--work", w, "--json")
+    assert r.code == 0, r.stderr
+    report = r.json()
+    assert report["periods"] == [1, 2]
+    inter = store.read_parquet(w / "data" / "interactions.parquet")
+    active = {
+        k: len(set(inter.filter(pc.equal(inter["period"], k))["user_id"].to_pylist()))
+        for k in (1, 2)
+    }
+    assert 0 < report["events"] <= sum(active.values())
+    rows = report["per_period"]["DSIE unexplored"]
+    assert [row["period"] for row in rows] == [1, 2]
+    assert sum(row["users"] for row in rows) == report["events"]
+    # period 1 is served by round 0 (trained on period 0), period 2 by round 1 when accepted
+    served = report["novelty_adapters"]
+    assert served["1"]["CoEA (full)"] == "llm/novelty/round-000"
+    state = store.read_json(w / "pco" / "state.json")
+    assert served["2"]["CoEA (full)"] == state["current"]["novelty"]
+    assert served["1"]["CoEA w/o DSIE"] == "llm/tracks/nodsie/novelty/round-000"
+    assert set(report["comparisons"]) >= {"CoEA (full) vs DSIE unexplored"}
+    md = (w / "eval-rolling" / "report.md").read_text()
+    assert "Rolling:" in md and "| CoEA (full) |" in md
+    assert (w / "eval-rolling" / "periods.png").read_bytes()[:4] == b"\x89PNG"
+    again = coea("evaluate", "--rolling", "--ks", "5,10", "--work", w)
+    assert again.code == 0 and "up to date" in again.stderr

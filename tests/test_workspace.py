@@ -90,8 +90,12 @@ def test_sids_round_trip(tmp_path):
 def test_groups_and_personas(grouped):
     ws = Workspace(grouped)
     g = ws.groups()
-    t = pq.read_table(grouped / "groups" / "groups.parquet").to_pylist()
-    assert g.of_user.tolist() == [r["group"] for r in sorted(t, key=lambda r: r["user_id"])]
+    rows = pq.read_table(grouped / "groups" / "groups.parquet").to_pylist()
+    test = ws.dataset()["test_period"]
+    for p in range(1, test + 1):
+        part = sorted((r for r in rows if r["period"] == p), key=lambda r: r["user_id"])
+        assert g.at(p).tolist() == [r["group"] for r in part]
+    assert np.array_equal(g.of_user, g.at(test)) and np.array_equal(g.at(None), g.of_user)
     p = pq.read_table(grouped / "groups" / "personas.parquet").to_pylist()
     assert g.persona_text == {r["group"]: r["persona"] for r in p}
     arrays, _ = store.read_tensors(grouped / "groups" / "group_emb.safetensors")

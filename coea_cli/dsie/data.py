@@ -33,9 +33,9 @@ class Split:
     description: str
 
 
-def pipeline_split(seqs: UserSequences) -> Split:
-    """Training: every interaction before the test period but each user's last one, which is
-    that user's validation target (users with at least 2 such interactions)."""
+def pipeline_split(seqs: UserSequences, cutoff: str = "the test period") -> Split:
+    """Training: every interaction before the cutoff (`seqs`) but each user's last one, which
+    is that user's validation target (users with at least 2 such interactions)."""
     train, v_users, v_hist, v_target = [], [], [], []
     for u in range(seqs.n_users):
         s = seqs.of(u)
@@ -46,10 +46,10 @@ def pipeline_split(seqs: UserSequences) -> Split:
             train.append(s)
     val = EvalSet(np.array(v_users, np.int64), v_hist, np.array(v_target, np.int64))
     text = (
-        "Training: all interactions before the test period except each user's last one; "
-        "validation (early stopping): each user's last interaction before the test period, "
-        "ranked against all items with the user's other training items removed. The test period "
-        "is never read."
+        f"Training: all interactions before {cutoff} except each user's last one; "
+        f"validation (early stopping): each user's last interaction before {cutoff}, "
+        f"ranked against all items with the user's other training items removed. Nothing from "
+        f"{cutoff} on is read."
     )
     return Split(train, val, None, text)
 

@@ -38,6 +38,7 @@ class Inputs:
     persona: np.ndarray  # [G, d]
     codes: np.ndarray  # [N, L+1]
     sid_version: str
+    cutoff: int  # pipeline protocol: nothing from this period on is read
 
 
 def run_train_dsie(ctx: Ctx[DsieOptions]) -> dict | None:
@@ -55,8 +56,13 @@ def run_train_dsie(ctx: Ctx[DsieOptions]) -> dict | None:
 def _run(ctx: Ctx[DsieOptions], rank: int, world: int, device: str) -> dict | None:
     o = ctx.opts
     ws = ctx.ws
-    data = _inputs(ws)  # missing artifacts / users without a group -> exit 2
-    out = ws.dsie(o.out_name())
+    test = int(ws.dataset()["test_period"])
+    cutoff = test if o.cutoff is None else o.cutoff
+    if cutoff > test:
+        raise BadInput(f"--cutoff {cutoff}: the last period is {test}")
+    name = o.out or ("dsie-loo" if o.protocol == Protocol.loo else ws.dsie_name(cutoff))
+    data = _inputs(ws, cutoff)  # missing artifacts / users without a group -> exit 2
+    out = ws.dsie(name)
     paths = [ws.data.require("interactions"), ws.data.require("dataset")]
     paths += [ws.sids_dir.require("sids"), ws.groups_dir.require("groups")]
     paths += [ws.groups_dir.require("emb")]
@@ -64,7 +70,7 @@ def _run(ctx: Ctx[DsieOptions], rank: int, world: int, device: str) -> dict | No
     if ctx.fresh(st):
         report = store.read_json(out.file("report"))
         return {"status": "up to date", **report["summary"]}
-    split, seqs_for_states = _split(o.protocol, data.history)
+    split, seqs_for_states = _split(o.protocol, data.history, cutoff)
     torch.manual_seed(ctx.seed)
     model_cfg = DSIEConfig.from_options(
         o, data.history.n_items, ws.sids().layout, data.persona.shape
@@ -91,7 +97,7 @@ def _run(ctx: Ctx[DsieOptions], rank: int, world: int, device: str) -> dict | No
     )
     main = _train_one(
         "dsie", model_cfg, train_cfg, data, split, device,
-        ckpt_dir=ws.checkpoints(o.out_name()), fp=fp, resume=o.resume, rank=rank, world=world,
+        ckpt_dir=ws.checkpoints(name), fp=fp, resume=o.resume, rank=rank, world=world,
     )  # fmt: skip
     report = _report(o, split, data.history, main, model_cfg, train_cfg)
     if o.compare:
@@ -108,17 +114,20 @@ def _run(ctx: Ctx[DsieOptions], rank: int, world: int, device: str) -> dict | No
     return {"status": "written", **report["summary"]}
 
 
-def _inputs(ws: Workspace) -> Inputs:
+def _inputs(ws: Workspace, cutoff: int) -> Inputs:
+    """The history, each user's group at the cutoff, personas and SIDs."""
     sids = ws.sids()
     persona = ws.persona_embeddings()
-    return Inputs(ws.history(), ws.groups().of_user, persona, sids.codes, sids.version)
+    groups = ws.groups().at(cutoff)
+    return Inputs(ws.history(), groups, persona, sids.codes, sids.version, cutoff)
 
 
-def _split(protocol: Protocol, h: History) -> tuple[Split, UserSequences]:
+def _split(protocol: Protocol, h: History, cutoff: int) -> tuple[Split, UserSequences]:
     """The split, and the sequences the written user states are computed from."""
     if protocol == Protocol.pipeline:
-        seqs = h.before(h.test_period)
-        return pipeline_split(seqs), seqs
+        seqs = h.before(cutoff)
+        label = "the test period" if cutoff == h.test_period else f"period {cutoff}"
+        return pipeline_split(seqs, label), seqs
     full = h.before(None)
     # states from everything but each user's held-out test item
     ptr, items = full.ptr, full.items
@@ -250,13 +259,14 @@ def _write(out: Dir, folder: Path, model: DSIE, model_cfg, train_cfg, o, states,
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(weights, str(out.file("model", folder)))
     h = data.history
-    states_at = h.test_period if o.protocol == Protocol.pipeline else None
+    states_at = data.cutoff if o.protocol == Protocol.pipeline else None
     store.write_json(
         out.file("config", folder),
         {
             "model": model_cfg.to_dict(),
             "train": asdict(train_cfg),
             "protocol": str(o.protocol),
+            "cutoff": data.cutoff if o.protocol == Protocol.pipeline else None,
             "sid_version": data.sid_version,
         },
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -13,22 +12,13 @@ from coea_cli import console, metrics, store
 from coea_cli.common import Ctx
 from coea_cli.errors import ArtifactError
 from coea_cli.evaluation import plots, systems
-from coea_cli.evaluation.table import HEADLINE, Events, Scores
+from coea_cli.evaluation.report import clean, markdown
+from coea_cli.evaluation.suite import baselines, coea_rows, comparisons, events_at
+from coea_cli.evaluation.table import Scores
 from coea_cli.options import EvaluateOptions, ServeOptions
 from coea_cli.recs.engine import Engine, track_variant
 from coea_cli.recs.lists import RECORD, SOURCES
 from coea_cli.workspace import MAIN, Workspace, read_json, read_table
-
-RANDOM_DRAWS = 10  # the random baseline is averaged over this many draws
-
-COLUMNS = [
-    ("hr@10", "HR@10"), ("ndcg@10", "NDCG@10"), ("precision@10", "P@10"),
-    ("novel_hr@10", "novel HR@10"), ("unexpectedness@10", "Unexp@10"),
-    ("self_info@10", "SelfInfo@10"), ("hist_dist@10", "HistDist@10"), ("ild@10", "ILD@10"),
-    ("coverage@10", "Cov@10"), ("gini@10", "Gini@10"), ("serendipity@10", "Seren@10"),
-    ("serendipity_rank@10", "SerenRank@10"), ("share_draw@10", "Draw@10"),
-    ("share_reserve@10", "Reserve@10"), ("share_fill@10", "Fill@10"),
-]  # fmt: skip
 
 
 def run_evaluate(ctx: Ctx[EvaluateOptions]) -> dict | None:
@@ -39,6 +29,14 @@ def run_evaluate(ctx: Ctx[EvaluateOptions]) -> dict | None:
     console.log(metrics.protocol(ks))
     main = ws.track(MAIN).require_state()
     test = int(ws.dataset()["test_period"])
+    if o.rolling:
+        from coea_cli.evaluation.rolling import run_rolling
+
+        report = run_rolling(ctx, *serving_options(ws))
+        if ctx.json:
+            return report
+        console.out.print(rolling_text(ws), markup=False)
+        return None
     stored = stored_lists(ws, main, test, k_max)
     st = ctx.stage(ws.eval.path, _inputs(ws))
     if ctx.fresh(st):
@@ -71,92 +69,14 @@ def run_evaluate(ctx: Ctx[EvaluateOptions]) -> dict | None:
         "seconds": round(time.time() - t0, 1),
     }
     with st.write() as tmp:
-        store.write_json(ws.eval.file("report", tmp), _clean(report))
+        store.write_json(ws.eval.file("report", tmp), clean(report))
         ws.eval.file("markdown", tmp).write_text(markdown(report), encoding="utf-8")
         plots.rounds_png(rounds, ws.eval.file("rounds", tmp))
         plots.tradeoff_png(report["systems"], ws.eval.file("tradeoff", tmp))
     if ctx.json:
-        return _clean(report)
+        return clean(report)
     console.out.print(markdown(report), markup=False)
     return None
-
-
-STRONG = "DSIE unexplored"  # the strongest simple rule: every claim is measured against it
-SIMPLE = (STRONG, "Popular unexplored", "Random unexplored")
-
-
-def baselines(scores: Scores, engine: Engine, ev: Events, serve: ServeOptions, k: int,
-              seed: int, mmr_lambda: float) -> None:  # fmt: skip
-    """Every system without an LLM, each with what it isolates."""
-    u, m, r = ev.users, serve.top_m, serve.explore_ratio
-    scores.add("Popularity", ev, systems.popularity(engine, u, k),
-               "most popular unseen items: no personalisation")  # fmt: skip
-    draws = [systems.random_novel(engine, u, k, seed + d) for d in range(RANDOM_DRAWS)]
-    scores.add("Random novel", ev, draws,
-               f"random unseen items of clusters new to the user (mean of {RANDOM_DRAWS} draws): "
-               "novelty with no relevance")  # fmt: skip
-    scores.add("DSIE top-K", ev, systems.dsie_top(engine, u, k), "DSIE's ranking: relevance only")
-    scores.add("DSIE + MMR", ev, systems.dsie_mmr(engine, u, k, scores.item_emb, mmr_lambda),
-               f"DSIE re-ranked by MMR (lambda {mmr_lambda}) over its top 100: diversity "
-               "without the user's history")  # fmt: skip
-    lists = systems.dsie_unexplored(engine, u, k)
-    scores.add(
-        STRONG,
-        ev,
-        systems.from_lists(lists, u, k),
-        "DSIE's top K over every cluster new to the user: the rule with no LLM",
-        lists,
-    )
-    lists = systems.popular_unexplored(engine, u, k, m, r)
-    scores.add("Popular unexplored", ev, systems.from_lists(lists, u, k),
-               f"the {m} unexplored clusters most users engaged, DSIE inside: cluster choice "
-               "by popularity", lists)  # fmt: skip
-    draws = [systems.random_unexplored(engine, u, k, m, r, seed + d) for d in range(RANDOM_DRAWS)]
-    scores.add("Random unexplored", ev, [systems.from_lists(x, u, k) for x in draws],
-               f"{m} random unexplored clusters, DSIE inside (mean of {RANDOM_DRAWS} draws): "
-               "cluster choice at random")  # fmt: skip
-
-
-def coea_rows(scores: Scores, engine: Engine, ev: Events, variants, serve, k: int, seed: int):
-    for name, variant, note in variants:
-        if variant is None:
-            scores.note(name, note)
-            continue
-        lists = engine.recommend(ev.users, variant, serve, k, seed)["lists"]
-        scores.add(name, ev, systems.from_lists(lists, ev.users, k), note, lists)
-
-
-def comparisons(scores: Scores, seed: int) -> dict:
-    """Every CoEA row against the strongest simple rule; full CoEA against each simple
-    rule. Ratios of per-event means with 95% paired-bootstrap intervals."""
-    out = {}
-    coea = [n for n in scores.rows if n.startswith("CoEA") or n.startswith("Novelty")]
-    for name in coea:
-        out[f"{name} vs {STRONG}"] = scores.compare(name, STRONG, seed)
-    if "CoEA (full)" in scores.rows:
-        for base in SIMPLE[1:]:
-            out[f"CoEA (full) vs {base}"] = scores.compare("CoEA (full)", base, seed)
-    return out
-
-
-def events_at(engine: Engine, period: int) -> Events:
-    """Users active in `period` with a history before it, their items in the period, and the
-    popularity the novelty metrics use (distinct users per item before the period)."""
-    during = engine.world.history.during(period)
-    users = np.array([u for u in during.users().tolist() if len(engine.seen(u))], np.int64)
-    h = engine.world.history
-    before = h.periods < period
-    pairs = np.unique(np.stack([h.users[before], h.items[before]]), axis=1)
-    return Events(
-        period=period,
-        users=users,
-        truth=[np.unique(during.of(int(u))) for u in users],
-        history=[engine.seen(u) for u in users],
-        item_pop=np.bincount(pairs[1], minlength=h.n_items),
-        n_train_users=len(np.unique(h.users[before])),
-        item_cluster=engine.world.item_cluster,
-        n_items=h.n_items,
-    )
 
 
 def _inputs(ws: Workspace) -> list[Path]:
@@ -187,6 +107,7 @@ def stored_lists(ws: Workspace, main: dict, test: int, k: int) -> dict:
         problem = "the lists are not those of every user at the test period"
         raise ArtifactError(out.path, "recommend", problem)
     options = manifest.get("options", {})
+    serve, seed = serving_options(ws)
     if options.get("round") is not None or options.get("track", "main") != MAIN:
         raise ArtifactError(
             out.path, "recommend", "the lists are not the main track's current ones"
@@ -196,8 +117,24 @@ def stored_lists(ws: Workspace, main: dict, test: int, k: int) -> dict:
         raise ArtifactError(out.path, f"recommend --k {k}", problem)
     columns = ["user_id", "item_id", "score", "cluster", "source"]
     table = read_table(out.require("table"), "recommend", columns)
-    serve = ServeOptions(**{f.name: options[f.name] for f in fields(ServeOptions)})
-    return {"lists": lists_of(table), "options": serve, "seed": int(manifest.get("seed", 0))}
+    return {"lists": lists_of(table), "options": serve, "seed": seed}
+
+
+def serving_options(ws: Workspace) -> tuple[ServeOptions, int]:
+    """The serving options and seed `recommend` made the stored lists with; the CoEA rows
+    built here use the same."""
+    out = ws.recs()
+    manifest = read_json(out.path / store.MANIFEST, "recommend")
+    options = manifest.get("options", {})
+    try:
+        serve = ServeOptions(**{f.name: options[f.name] for f in fields(ServeOptions)})
+    except KeyError as e:
+        raise ArtifactError(out.path, "recommend", f"the manifest records no {e}") from None
+    return serve, int(manifest.get("seed", 0))
+
+
+def rolling_text(ws: Workspace) -> str:
+    return ws.rolling.require("markdown").read_text(encoding="utf-8")
 
 
 def lists_of(table) -> dict:
@@ -256,72 +193,3 @@ def _nir(w, test: int, users: np.ndarray, history) -> float:
     return metrics.new_interest_rate(
         rows, h.items[keep], h.times[keep], history, w.item_cluster, start, days=7
     )
-
-
-def _clean(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    return value
-
-
-def markdown(report: dict) -> str:
-    head = "| system | " + " | ".join(label for _, label in COLUMNS) + " |"
-    sep = "|---|" + "---:|" * len(COLUMNS)
-    lines = [
-        "# CoEA evaluation",
-        "",
-        report["protocol"],
-        "",
-        f"Test period {report['test_period']}, {report['users']} users with held-out interactions.",
-        "",
-        head,
-        sep,
-    ]
-    for name, row in report["systems"].items():
-        cells = [_fmt(row.get(key)) for key, _ in COLUMNS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    missing = [n for n in report["notes"] if n not in report["systems"]]
-    lines.append("")
-    for name, note in report["notes"].items():
-        lines.append(f"- {name}: {note}")
-    if missing:
-        lines.append("")
-        lines.append("Not evaluated: " + ", ".join(missing))
-    lines += ["", "Draw@10, Reserve@10, Fill@10: share of the top-10 slots from the Novelty LLM's",
-              "draws, from the reserve, and from DSIE's fill.", ""]  # fmt: skip
-    lines += comparison_table(report["comparisons"])
-    return "\n".join(lines) + "\n"
-
-
-def comparison_table(comparisons: dict) -> list[str]:
-    """Ratios with 95% paired-bootstrap intervals; a verdict only where the interval excludes 1."""
-    if not comparisons:
-        return []
-    labels = [label for _, _, label in HEADLINE]
-    lines = [
-        "Ratios of per-event means, 95% paired bootstrap over events; better/worse only when "
-        "the interval excludes 1.",
-        "",
-        "| comparison | " + " | ".join(labels) + " |",
-        "|---|" + "---|" * len(labels),
-    ]
-    for name, cmp in comparisons.items():
-        cells = []
-        for label in labels:
-            c = cmp[label]
-            lo, hi = c["ci95"]
-            cells.append(f"{_fmt(c['ratio'])} [{_fmt(lo)}, {_fmt(hi)}] {c['verdict']}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def _fmt(v) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    if isinstance(v, float) and math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    return f"{v:.4f}" if isinstance(v, float) else str(v)

@@ -1,16 +1,17 @@
 """Assign users to groups: demographic cells, behaviour k-means, or both (hybrid).
 
 Behaviour features are a user's histogram over level-1 SID clusters ("interest clusters").
-Groups are fitted on period-0 histories (the initial training period). Users without period-0
-history are placed with their history before the test period (nearest centroid); users with no
-history at all before the test period are placed by attributes (the most common group among
-users of the same demographic cell, then of coarser cells) or, without attributes, in the
-largest group.
+Groups are fitted on period-0 histories (the initial training period) and never refitted.
+A user with period-0 history keeps the group of the fit. Any other user is placed at each
+period start p with the history before p (nearest centroid), so nothing from period p or later
+decides a group used at p; a user with no history yet is placed by attributes (the most
+common group among users of the same demographic cell, then of coarser cells) or, without
+attributes, in the largest group.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,10 +27,11 @@ MAX_CATEGORIES = 30
 class Grouping:
     """Group of each user (0 = largest group) and a short description of each group."""
 
-    labels: np.ndarray  # [U] int32
+    labels: np.ndarray  # [U] int32, at the last period start (the test period)
     descriptions: list[str]
     method: str
     notes: list[str]
+    by_period: dict[int, np.ndarray] = field(default_factory=dict)  # period start -> [U]
 
 
 def age_label(age: float) -> str:
@@ -182,33 +184,32 @@ def one_hot_attributes(attrs: dict[str, np.ndarray], n_users: int) -> np.ndarray
     return np.concatenate(blocks, axis=1) / np.sqrt(len(blocks))
 
 
-def kmeans_groups(
-    features_fit: np.ndarray,
-    fit_mask: np.ndarray,
-    features_all: np.ndarray,
-    assign_mask: np.ndarray,
-    n_groups: int,
-    seed: int,
-) -> tuple[np.ndarray, list[str]]:
-    """k-means (sklearn) fitted on the rows in `fit_mask`; rows in `assign_mask` get the
-    nearest centroid. Returns labels [U] (-1 where neither applies) and notes."""
+def kmeans_fit(features: np.ndarray, fit_mask: np.ndarray, n_groups: int, seed: int):
+    """k-means (sklearn) on the rows in `fit_mask`: (model or None, notes)."""
     from sklearn.cluster import KMeans
 
     notes = []
-    x_fit = features_fit[fit_mask]
+    x_fit = features[fit_mask]
     distinct = len(np.unique(x_fit.round(6), axis=0)) if len(x_fit) else 0
     k = min(n_groups, distinct)
     if k < n_groups:
         notes.append(f"only {distinct} distinct users to cluster: {k} groups instead of {n_groups}")
-    labels = np.full(len(features_all), -1, dtype=np.int64)
     if k == 0:
-        return labels, notes
-    km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(x_fit)
+        return None, notes
+    return KMeans(n_clusters=k, n_init=10, random_state=seed).fit(x_fit), notes
+
+
+def kmeans_assign(km, features: np.ndarray, fit_mask: np.ndarray, assign_mask: np.ndarray):
+    """The fitted labels for `fit_mask` rows, the nearest centroid for other rows in
+    `assign_mask`, -1 elsewhere."""
+    labels = np.full(len(features), -1, dtype=np.int64)
+    if km is None:
+        return labels
     labels[fit_mask] = km.labels_
     rest = assign_mask & ~fit_mask
     if rest.any():
-        labels[rest] = km.predict(features_all[rest])
-    return labels, notes
+        labels[rest] = km.predict(features[rest])
+    return labels
 
 
 def fill_by_attributes(labels: np.ndarray, attrs: dict[str, np.ndarray]) -> np.ndarray:
@@ -233,29 +234,46 @@ def fill_by_attributes(labels: np.ndarray, attrs: dict[str, np.ndarray]) -> np.n
     return labels
 
 
+def _by_size(by_period: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """Renumber groups so that 0 is the largest at the last period start, the same numbering
+    for every period."""
+    last = by_period[max(by_period)]
+    ranked = relabel_by_size(last)
+    mapping = np.zeros(int(last.max()) + 1, dtype=np.int64)
+    mapping[last] = ranked
+    return {p: mapping[labels].astype(np.int32) for p, labels in by_period.items()}
+
+
 def behavior_groups(
-    hist_fit: np.ndarray, hist_pre: np.ndarray, attrs: dict, n_groups: int, seed: int
+    hist_fit: np.ndarray, hist_at: dict[int, np.ndarray], attrs: dict, n_groups: int, seed: int
 ) -> Grouping:
-    """k-means over unit cluster histograms (period 0), see the module docstring."""
+    """k-means over unit cluster histograms (period 0); `hist_at` maps each period start to
+    the histograms of the history before it. See the module docstring."""
     fit_mask = hist_fit.sum(axis=1) > 0
-    feats = np.where(fit_mask[:, None], unit_rows(hist_fit), unit_rows(hist_pre))
+    last = hist_at[max(hist_at)]
     if not fit_mask.any():
-        fit_mask = hist_pre.sum(axis=1) > 0
-    assign = feats.any(axis=1)
-    labels, notes = kmeans_groups(feats, fit_mask, feats, assign, n_groups, seed)
-    n_none = int((labels < 0).sum())
-    if n_none:
-        how = "by attributes" if attrs else "to the largest group"
-        notes.append(f"{n_none} users without history before the test period placed {how}")
-    labels = relabel_by_size(fill_by_attributes(labels, attrs))
-    return Grouping(
-        labels, [f"behaviour group {g}" for g in range(labels.max() + 1)], "behavior", notes
-    )
+        fit_mask = last.sum(axis=1) > 0
+    km, notes = kmeans_fit(unit_rows(np.where(fit_mask[:, None], hist_fit, last)), fit_mask,
+                           n_groups, seed)  # fmt: skip
+    by_period = {}
+    for p, hist in sorted(hist_at.items()):
+        feats = np.where(fit_mask[:, None], unit_rows(hist_fit), unit_rows(hist))
+        labels = kmeans_assign(km, feats, fit_mask, feats.any(axis=1))
+        if p == max(hist_at):
+            n_none = int((labels < 0).sum())
+            if n_none:
+                how = "by attributes" if attrs else "to the largest group"
+                notes.append(f"{n_none} users without history before the test period placed {how}")
+        by_period[p] = fill_by_attributes(labels, attrs)
+    by_period = _by_size(by_period)
+    labels = by_period[max(by_period)]
+    descriptions = [f"behaviour group {g}" for g in range(labels.max() + 1)]
+    return Grouping(labels, descriptions, "behavior", notes, by_period)
 
 
 def hybrid_groups(
     hist_fit: np.ndarray,
-    hist_pre: np.ndarray,
+    hist_at: dict[int, np.ndarray],
     attrs: dict,
     n_groups: int,
     seed: int,
@@ -263,25 +281,37 @@ def hybrid_groups(
 ) -> Grouping:
     """k-means over [unit cluster histogram, attr_weight x unit one-hot attributes].
 
-    Fitted on users with period-0 history; every other user (including those with no history,
-    whose histogram part is zero) gets the nearest centroid.
+    Fitted on users with period-0 history; at each period start every other user (including
+    those with no history yet, whose histogram part is zero) gets the nearest centroid.
     """
     fit_mask = hist_fit.sum(axis=1) > 0
-    hist = np.where(fit_mask[:, None], unit_rows(hist_fit), unit_rows(hist_pre))
+    last = hist_at[max(hist_at)]
     if not fit_mask.any():
-        fit_mask = hist_pre.sum(axis=1) > 0
-    n_users = len(hist)
-    feats = np.concatenate([hist, attr_weight * one_hot_attributes(attrs, n_users)], axis=1)
-    assign = np.ones(n_users, dtype=bool)
-    labels, notes = kmeans_groups(feats, fit_mask, feats, assign, n_groups, seed)
-    n_none = int((~hist.any(axis=1)).sum())
-    if n_none:
-        notes.append(
-            f"{n_none} users without history before the test period placed by attributes "
-            "(nearest centroid)"
-        )
-    labels = relabel_by_size(np.where(labels < 0, 0, labels))
-    return Grouping(labels, [f"hybrid group {g}" for g in range(labels.max() + 1)], "hybrid", notes)
+        fit_mask = last.sum(axis=1) > 0
+    n_users = len(hist_fit)
+    onehot = attr_weight * one_hot_attributes(attrs, n_users)
+
+    def features(hist):
+        part = np.where(fit_mask[:, None], unit_rows(hist_fit), unit_rows(hist))
+        return np.concatenate([part, onehot], axis=1), part
+
+    km, notes = kmeans_fit(features(last)[0], fit_mask, n_groups, seed)
+    by_period = {}
+    for p, hist in sorted(hist_at.items()):
+        feats, part = features(hist)
+        labels = kmeans_assign(km, feats, fit_mask, np.ones(n_users, dtype=bool))
+        if p == max(hist_at):
+            n_none = int((~part.any(axis=1)).sum())
+            if n_none:
+                notes.append(
+                    f"{n_none} users without history before the test period placed by "
+                    "attributes (nearest centroid)"
+                )
+        by_period[p] = np.where(labels < 0, 0, labels)
+    by_period = _by_size(by_period)
+    labels = by_period[max(by_period)]
+    descriptions = [f"hybrid group {g}" for g in range(labels.max() + 1)]
+    return Grouping(labels, descriptions, "hybrid", notes, by_period)
 
 
 def similarity_matrix(hist: np.ndarray, labels: np.ndarray, n_groups: int) -> dict:

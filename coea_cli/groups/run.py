@@ -61,18 +61,24 @@ def compute_groups(ctx: Ctx[GroupOptions]) -> dict:
     sids = ws.sids()
     item_cluster = sids.cluster_of_items()
     cluster_text = cluster_labels(sids)
-    pre, first = period < h.test_period, period == 0
+    first = period == 0
     hist0 = grouping.cluster_histograms(u[first], i[first], item_cluster, n_users)
-    hist_pre = grouping.cluster_histograms(u[pre], i[pre], item_cluster, n_users)
+    hist_at = {
+        p: grouping.cluster_histograms(u[period < p], i[period < p], item_cluster, n_users)
+        for p in range(1, h.test_period + 1)
+    }
+    hist_pre = hist_at[h.test_period]
     attrs = grouping.attribute_columns(users, n_users)
-    g = _grouping(o, attrs, hist0, hist_pre, n_users, ctx.seed)
+    g = _grouping(o, attrs, hist0, hist_at, n_users, ctx.seed)
     labels = g.labels
     n_groups = int(labels.max()) + 1
     titles = [
         str(t) for t in ws.items_table(["item_id", "title"]).sort_by("item_id")["title"].to_pylist()
     ]
+    # Behaviour statistics from period 0 only: a persona never describes what its group does
+    # in a period it is later used to predict.
     stats = group_statistics(
-        labels, attrs, hist_pre, u[pre], i[pre], titles, cluster_text,
+        labels, attrs, hist0, u[first], i[first], titles, cluster_text,
         cells=g.descriptions if g.method == "demographic" else None,
         top_clusters=o.top_clusters, top_items=o.top_items,
     )  # fmt: skip
@@ -87,8 +93,10 @@ def compute_groups(ctx: Ctx[GroupOptions]) -> dict:
     for s, p in zip(stats, personas, strict=True):
         console.log(f"group {s.group} ({s.size} users, {p.source}): {p.text[:160]}")
     report = _report(o, g, sim, sizes, stats, personas)
+    by_period = g.by_period or {p: labels for p in hist_at}
     return {
         "labels": labels,
+        "by_period": by_period,
         "stats": stats,
         "personas": personas,
         "emb": emb,
@@ -98,7 +106,7 @@ def compute_groups(ctx: Ctx[GroupOptions]) -> dict:
     }
 
 
-def _grouping(o: GroupOptions, attrs, hist0, hist_pre, n_users: int, seed: int):
+def _grouping(o: GroupOptions, attrs, hist0, hist_at: dict, n_users: int, seed: int):
     """Users -> groups by --grouping (behavior when no user has usable attributes)."""
     method = o.grouping
     if method != Grouping.behavior and not attrs:
@@ -107,9 +115,9 @@ def _grouping(o: GroupOptions, attrs, hist0, hist_pre, n_users: int, seed: int):
     if method == Grouping.demographic:
         g = grouping.demographic_cells(attrs, n_users, o.min_group_size, o.groups)
     elif method == Grouping.behavior:
-        g = grouping.behavior_groups(hist0, hist_pre, attrs, o.groups, seed)
+        g = grouping.behavior_groups(hist0, hist_at, attrs, o.groups, seed)
     else:
-        g = grouping.hybrid_groups(hist0, hist_pre, attrs, o.groups, seed, o.attr_weight)
+        g = grouping.hybrid_groups(hist0, hist_at, attrs, o.groups, seed, o.attr_weight)
     for note in g.notes:
         console.log(note)
     return g
@@ -169,13 +177,17 @@ def _personas(ctx: Ctx[GroupOptions], stats) -> list[Persona]:
 def write_outputs(ws: Workspace, folder: Path, r: dict) -> None:
     from coea_cli.groups.plot import similarity_heatmap
 
-    labels = r["labels"]
+    periods = sorted(r["by_period"])
+    n_users = len(r["labels"])
     store.write_parquet(
         ws.groups_dir.file("groups", folder),
         pa.table(
             {
-                "user_id": pa.array(np.arange(len(labels), dtype=np.int32)),
-                "group": pa.array(labels.astype(np.int32)),
+                "period": pa.array(np.repeat(periods, n_users).astype(np.int32)),
+                "user_id": pa.array(np.tile(np.arange(n_users, dtype=np.int32), len(periods))),
+                "group": pa.array(
+                    np.concatenate([r["by_period"][p] for p in periods]).astype(np.int32)
+                ),
             }
         ),
     )

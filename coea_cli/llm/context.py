@@ -8,7 +8,7 @@ once through the workspace layer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -25,8 +25,9 @@ class World:
     item_cluster: np.ndarray  # [N] level-1 cluster per item
     n_clusters: int
     describe: dict[Cluster, str]
-    group_of: np.ndarray  # [U] group of each user
+    group_of: np.ndarray  # [U] group of each user at the test period's start
     persona: dict[int, str]
+    by_period: dict[int, np.ndarray] = field(default_factory=dict)  # period start -> groups
 
     @classmethod
     def load(cls, ws: Workspace) -> World:
@@ -39,6 +40,7 @@ class World:
             describe={(c,): d for c, d in sids.descriptions.items()},
             group_of=groups.of_user,
             persona=groups.persona_text,
+            by_period=groups.by_period,
         )
 
     @property
@@ -57,11 +59,16 @@ class World:
         """Every cluster that holds an item, ascending."""
         return [(int(c),) for c in np.unique(self.item_cluster)]
 
-    def persona_of(self, user: int) -> str:
-        """The persona of the user's group ("" for a user without a group)."""
-        if not 0 <= user < len(self.group_of):
+    def group_at(self, period: int | None) -> np.ndarray:
+        """Each user's group at the start of `period` (the test period's for None)."""
+        return self.by_period.get(period, self.group_of) if period is not None else self.group_of
+
+    def persona_of(self, user: int, period: int | None = None) -> str:
+        """The persona of the user's group at `period` ("" for a user without a group)."""
+        groups = self.group_at(period)
+        if not 0 <= user < len(groups):
             return ""
-        return self.persona.get(int(self.group_of[user]), "")
+        return self.persona.get(int(groups[user]), "")
 
 
 @dataclass
@@ -80,8 +87,10 @@ def context_of(
     recent: int = 5,
     short_window: int = 10,
     use_dsie: bool = True,
+    period: int | None = None,
 ) -> Context:
-    """Context from a user's item history (time order).
+    """Context from a user's item history (time order) before `period` (whose start decides
+    the user's group; None: the test period).
 
     With `use_dsie` the prompt carries the group persona and the whole history's clusters
     (long-term identity); without it only the short-term window is shown (the `--no-dsie`
@@ -91,7 +100,7 @@ def context_of(
     familiar = distinct_last(clusters)
     window = clusters[max(0, len(clusters) - short_window) :] if not use_dsie else clusters
     shown_recent = recent_distinct(window, recent)
-    persona = world.persona_of(user) if use_dsie else ""
+    persona = world.persona_of(user, period) if use_dsie else ""
     shown_familiar = familiar if use_dsie else distinct_last(window)
     return Context(
         user=int(user),

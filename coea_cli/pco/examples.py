@@ -60,7 +60,7 @@ def transitions(
             taken += 1
             found.append(
                 Transition(
-                    context=context_of(world, u, hist, use_dsie=use_dsie),
+                    context=context_of(world, u, hist, use_dsie=use_dsie, period=1),
                     banned=banned(world, hist),
                     target=target,
                     engaged={(int(c),) for c in ahead},
@@ -117,7 +117,7 @@ def period_users(world: World, k: int, *, use_dsie: bool = True) -> list[PeriodU
         engaged = {(int(c),) for c in np.unique(world.item_cluster[items])}
         out.append(
             PeriodUser(
-                context=context_of(world, u, hist, use_dsie=use_dsie),
+                context=context_of(world, u, hist, use_dsie=use_dsie, period=k),
                 banned=ban,
                 novel=engaged - ban,
                 engaged=engaged,

@@ -44,11 +44,11 @@ def serving_record(ws: Workspace, o: PcoOptions, backbone: Path) -> Serving:
         lora_r=o.lora_r,
         lora_alpha=LORA_ALPHA,
         sid_version=ws.sids().version,
-        context=context_of(o),
+        context=context_name(o),
     )
 
 
-def context_of(o: PcoOptions) -> str:
+def context_name(o: PcoOptions) -> str:
     return "full" if o.dsie else "recent"
 
 
@@ -90,7 +90,7 @@ def run_pco(ctx: Ctx[PcoOptions]) -> dict:
     track = ws.track(o.track)
     with store.workspace_lock(ctx.work, "pco-round"):
         world = World.load(ws)
-        state = start_state(ws, track, context_of(o))
+        state = start_state(ws, track, context_name(o))
         todo = plan(state, world.test_period, o.rounds, o.round)
         if not todo:
             console.log(f"nothing to do: track {track.name} has run every period before the test")

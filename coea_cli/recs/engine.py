@@ -18,6 +18,7 @@ from coea_cli.options import ServeOptions
 from coea_cli.recs.candidates import key_candidates, key_of
 from coea_cli.recs.lists import clusters_to_items, user_list
 from coea_cli.workspace import Track, Workspace
+from coea_cli.workspace.tracks import serving_before
 
 
 @dataclass
@@ -35,7 +36,7 @@ class Variant:
 
 def track_variant(
     ws: Workspace, track: Track, device: str, seed: int, round_: int | None = None,
-    name: str | None = None, judge: bool = True, reserve: bool = True,
+    name: str | None = None, judge: bool = True, reserve: bool = True, before: int | None = None,
 ) -> Variant:  # fmt: skip
     """A track's current adapters (or a given round's), served as they were trained: the same
     backbone and LoRA shape, and the same context (a track trained with --no-dsie gets prompts
@@ -43,7 +44,10 @@ def track_variant(
     state = track.require_state()
     spec = serving_spec(ws, track, state, device, seed)
     use_dsie = state["serving"]["context"] == "full"
-    if round_ is None:
+    if before is not None:
+        entry = serving_before(state, before)
+        label = f"{track.name}@{entry['round']}"
+    elif round_ is None:
         entry, label = state["current"], track.name
     else:
         entry = next((h for h in state["history"] if h["round"] == round_), None)
@@ -57,13 +61,14 @@ def track_variant(
 class Engine:
     """Holds the workspace tables, DSIE and per-user item scores at one cutoff."""
 
-    def __init__(self, ws: Workspace, before_period: int, device: str):
+    def __init__(self, ws: Workspace, before_period: int, device: str, world: World | None = None):
         self.ws = ws
-        self.world = World.load(ws)
+        self.world = world or World.load(ws)
         self.before = before_period
+        self.dsie_name = ws.dsie_name(before_period)
         self.prompter = Prompter(self.world)
         self.history = self.world.history.before(before_period)
-        self.dsie = load_dsie(ws, device=device)
+        self.dsie = load_dsie(ws, self.dsie_name, device=device)
         self.states = self._states()
         self.items_of = clusters_to_items(self.world.item_cluster)
         counts = self.world.history.item_counts(before_period)
@@ -73,10 +78,10 @@ class Engine:
         """Fused DSIE states as of the cutoff: the ones train-dsie stored when they are for
         this cutoff and this log, else encoded now."""
         h = self.world.history
-        arrays, meta = self.ws.user_states()
+        arrays, meta = self.ws.user_states(self.dsie_name)
         if meta.get("before_period") == self.before and meta.get("interactions") == len(h.users):
             return arrays["fused"]
-        return encode_users(self.dsie, h, self.world.group_of, self.before)["fused"]
+        return encode_users(self.dsie, h, self.world.group_at(self.before), self.before)["fused"]
 
     def seen(self, user: int) -> np.ndarray:
         return self.history.of(int(user))
@@ -115,9 +120,10 @@ class Engine:
         """{"lists": {user: RECORD array}, "keys": unique keys, "seconds": per stage}."""
         t0 = time.time()
         w = self.world
-        ctx = {int(u): context_of(w, u, self.seen(u), use_dsie=True) for u in users}
+        groups = w.group_at(self.before)
+        ctx = {int(u): context_of(w, u, self.seen(u), period=self.before) for u in users}
         keys = {
-            u: key_of(int(w.group_of[u]), [c[0] for c in c_.recent], opt.key_recent)
+            u: key_of(int(groups[u]), [c[0] for c in c_.recent], opt.key_recent)
             for u, c_ in ctx.items()
         }
         unique = sorted(set(keys.values()))

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from coea_cli import store
 from coea_cli.errors import ArtifactError
@@ -86,6 +88,7 @@ EVAL = {
     "rounds": "rounds.png",
     "tradeoff": "tradeoff.png",
 }
+ROLLING = {"report": "report.json", "markdown": "report.md", "periods": "periods.png"}
 
 
 def check_name(option: str, name: str) -> str:
@@ -99,8 +102,16 @@ def check_name(option: str, name: str) -> str:
 
 @dataclass(frozen=True)
 class Groups:
-    of_user: np.ndarray  # [U] int64 group of each user
+    of_user: np.ndarray  # [U] int64 group of each user at the test period's start
     persona_text: dict[int, str]  # group -> persona
+    by_period: dict[int, np.ndarray]  # period start -> [U] groups (empty: static groups)
+
+    def at(self, period: int | None) -> np.ndarray:
+        """Each user's group at the start of `period` (from the history before it); the test
+        period's for None or a period past the table."""
+        if period is None or period not in self.by_period:
+            return self.of_user
+        return self.by_period[period]
 
 
 class Workspace:
@@ -114,10 +125,20 @@ class Workspace:
         self.sids_dir = Dir(self.root / "sids", "build-sids", SIDS)
         self.groups_dir = Dir(self.root / "groups", "profile-groups", GROUPS)
         self.eval = Dir(self.root / "eval", "evaluate", EVAL)
+        self.rolling = Dir(self.root / "eval-rolling", "evaluate --rolling", ROLLING)
         self.backbone = self.root / "llm" / "backbone"
 
     def dsie(self, name: str = "dsie") -> Dir:
-        return Dir(self.root / check_name("--out", name), "train-dsie", DSIE)
+        producer = "train-dsie"
+        if name.startswith("dsie-before-"):
+            producer += f" --cutoff {name.removeprefix('dsie-before-')}"
+        return Dir(self.root / check_name("--out", name), producer, DSIE)
+
+    def dsie_name(self, cutoff: int | None) -> str:
+        """The DSIE folder trained on the periods before `cutoff`: dsie/ for the test period
+        (or None), dsie-before-K/ for another period K."""
+        test = int(self.dataset()["test_period"])
+        return "dsie" if cutoff in (None, test) else f"dsie-before-{int(cutoff)}"
 
     def recs(self, shard: tuple[int, int] | None = None) -> Dir:
         path = self.root / "recs"
@@ -286,26 +307,23 @@ class Workspace:
         """The group of every user and each group's persona text."""
 
         def load():
-            n_users = int(self.dataset()["users"])
+            meta = self.dataset()
+            n_users, test = int(meta["users"]), int(meta["test_period"])
             path = self.groups_dir.require("groups")
-            table = read_table(path, "profile-groups", ["user_id", "group"])
-            users = table["user_id"].to_numpy().astype(np.int64)
-            groups = table["group"].to_numpy().astype(np.int64)
-            of_user = np.full(n_users, -1, dtype=np.int64)
-            ok = (users >= 0) & (users < n_users)
-            of_user[users[ok]] = groups[ok]
-            missing = np.flatnonzero(of_user < 0)
-            if len(missing):
-                raise ArtifactError(
-                    path,
-                    "profile-groups",
-                    f"{len(missing)} users have no group (first user_id {missing[0]})",
-                )
+            table = read_table(path, "profile-groups")
+            if "period" not in table.column_names:  # static groups: the same at every period
+                table = table.append_column("period", pa.array([test] * table.num_rows))
+            by_period = {}
+            for p in sorted(set(table["period"].to_pylist())):
+                part = table.filter(pc.equal(table["period"], p))
+                by_period[int(p)] = _user_groups(part, n_users, path)
+            if test not in by_period:
+                raise ArtifactError(path, "profile-groups", f"no groups for period {test}")
             p = read_table(
                 self.groups_dir.require("personas"), "profile-groups", ["group", "persona"]
             )
             text = dict(zip(p["group"].to_pylist(), p["persona"].to_pylist(), strict=True))
-            return Groups(of_user, text)
+            return Groups(by_period[test], text, by_period)
 
         return self._once("groups", load)
 
@@ -343,6 +361,25 @@ class Workspace:
 
 
 # ---------------------------------------------------------------- validating readers
+
+
+def _user_groups(table, n_users: int, path: Path) -> np.ndarray:
+    """[U] group of each user from (user_id, group) rows; every user must have one."""
+    users = table["user_id"].to_numpy().astype(np.int64)
+    groups = table["group"].to_numpy().astype(np.int64)
+    of_user = np.full(n_users, -1, dtype=np.int64)
+    ok = (users >= 0) & (users < n_users)
+    of_user[users[ok]] = groups[ok]
+    missing = np.flatnonzero(of_user < 0)
+    if len(missing):
+        raise ArtifactError(
+            path,
+            "profile-groups",
+            f"{len(missing)} users have no group (first user_id {missing[0]})",
+        )
+    if (groups < 0).any():
+        raise ArtifactError(path, "profile-groups", "negative group ids")
+    return of_user
 
 
 def read_table(path: Path, producer: str, columns: list[str] | None = None):

@@ -167,6 +167,15 @@ class Track:
         store.write_json(self.state_path(), state)
 
 
+def serving_before(state: dict, period: int) -> dict:
+    """The history entry whose adapters served at the start of `period`: the last accepted
+    round before it (round k trains on period k, so only rounds k < period count)."""
+    entries = [h for h in state["history"] if h["round"] < period and h["accepted"]]
+    if not entries:
+        raise ValueError(f"no round before period {period}")
+    return entries[-1]
+
+
 def tracks(root: Path) -> list[str]:
     """Names of the tracks with a state, main first."""
     root = Path(root)
