@@ -126,7 +126,7 @@ CRASH_POINTS = [
     "coea_cli.llm.decoding.relevance_scores",  # verify
     "coea_cli.llm.train.train_novelty",  # fine-tune
     "coea_cli.pco.rounds._save",  # saving adapters
-    "coea_cli.workspace.tracks.Track.save_state",  # the very last step
+    "coea_cli.workspace.tracks.Track.save_state",  # the very last step (pco.advance)
 ]
 
 

@@ -7,11 +7,11 @@ from pathlib import Path
 from coea_cli import console, store
 from coea_cli.common import Ctx
 from coea_cli.errors import BadInput
-from coea_cli.llm.context import Prompter, World
-from coea_cli.llm.models import LORA_ALPHA, LLMSpec, load_model, spec_of
+from coea_cli.llm.context import World
+from coea_cli.llm.models import LORA_ALPHA, spec_of
 from coea_cli.options import PcoOptions
+from coea_cli.pco.advance import advance
 from coea_cli.pco.backbone import ensure_backbone
-from coea_cli.pco.rounds import RoundK, RoundZero, report_on_test_period
 from coea_cli.workspace import MAIN, Serving, Track, Workspace
 from coea_cli.workspace.tracks import fingerprint
 
@@ -111,7 +111,7 @@ def run_pco(ctx: Ctx[PcoOptions]) -> dict:
         spec = spec_of(serving, backbone, ws, ctx.device, ctx.seed)
         results = []
         for k in todo:
-            state = _one_round(ctx, track, k, state, world, spec, serving)
+            state = advance(ctx.ws, track, k, state, world, spec, serving, o, ctx.started)
             results.append(state["history"][-1])
     last = results[-1]
     return {
@@ -122,56 +122,3 @@ def run_pco(ctx: Ctx[PcoOptions]) -> dict:
         "current": state["current"],
         "last": {k: v for k, v in last.items() if not isinstance(v, dict)},
     }
-
-
-def _inputs(ws: Workspace, track: Track, state: dict | None, spec: LLMSpec) -> list[Path]:
-    """What a round reads: the data, SIDs, groups, the backbone and the current adapters."""
-    paths = [ws.data.require("interactions"), ws.sids_dir.require("sids")]
-    paths += [ws.groups_dir.require("groups"), ws.groups_dir.require("personas")]
-    if spec.backbone.resolve().is_relative_to(ws.root.resolve()):
-        paths.append(spec.backbone)
-    if state is not None:
-        paths += [Path(track.root) / state["current"][role] for role in ("novelty", "relevance")]
-    return paths
-
-
-def _one_round(ctx, track: Track, k: int, state, world, spec: LLMSpec, serving: Serving) -> dict:
-    folder = track.round_dir(k)
-    o = ctx.opts
-    inputs = _inputs(ctx.ws, track, state if k > 0 else None, spec)
-    st = ctx.stage(folder, inputs, {**o.recorded(), "round": k})
-    with st.write() as tmp:
-        if k == 0:
-            metrics = RoundZero(world, track, spec, o, tmp).run()
-            metrics["accepted"] = True
-            novelty = track.relative(track.adapter("novelty", 0))
-            relevance = track.relative(track.adapter("relevance", 0))
-        else:
-            metrics = RoundK(world, track, spec, o, tmp, k, state).run()
-            cur = state["current"]
-            novelty = metrics["novelty_path"] if metrics["accepted"] else cur["novelty"]
-            relevance = metrics["relevance_path"] if metrics["accepted"] else cur["relevance"]
-        model, tok = load_model(spec, Path(track.root) / novelty, False)
-        prompter = Prompter(world, o.template_dir)
-        metrics["test"] = report_on_test_period(world, model, tok, prompter, use_dsie=o.dsie)
-        store.write_json(track.round_file(k, "metrics", tmp), metrics)
-    verdict = "accepted" if metrics["accepted"] else "rejected: previous adapters stay current"
-    console.log(f"round {k} {verdict}")
-    history = [h for h in (state or {}).get("history", []) if h["round"] < k]
-    entry = {
-        "round": k,
-        "period": k,
-        "accepted": metrics["accepted"],
-        "novelty": novelty,
-        "relevance": relevance,
-        "metrics": track.relative(track.round_file(k, "metrics")),
-    }
-    new_state = {
-        "track": track.name,
-        "round": k,
-        "current": {"novelty": novelty, "relevance": relevance},
-        "serving": serving.to_dict(),
-        "history": [*history, entry],
-    }
-    track.save_state(new_state)  # last: the round only counts once this is written
-    return new_state
