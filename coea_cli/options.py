@@ -729,6 +729,58 @@ class EvaluateOptions(Options):
         return tuple(sorted(ks | {10}))
 
 
+SIM_SYSTEMS = (
+    "popularity", "dsie", "dsie-mmr", "dsie-unexplored", "coea-round0", "coea-pco", "coea-nokl",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SimOptions(Options):
+    """Closed-loop simulation: an oracle user model (implicit ALS fitted on the complete real
+    log, calibrated so that DSIE's top K at the start is accepted at DSIE's real precision@K,
+    with content fatigue) accepts or ignores what each system recommends; accepted items become
+    the next period of that system's log, and the system updates as in production (DSIE
+    fine-tuned on the new period; CoEA with PCO runs a round on it). The systems never read
+    the oracle. Writes SIM/ (default sim/): periods.parquet (system, seed, period, measures),
+    accepted.parquet, oracle.safetensors, report.json, report.md and curves.png."""
+
+    periods: int = opt(5, "Simulated periods (from the test period on).", ge=1)
+    seeds: int = opt(3, "Seeds (acceptance draws and systems' sampling), from --seed.", ge=1)
+    k: int = opt(10, "Items recommended per user and period.", ge=1, flag="--k")
+    users: int = opt(
+        200, "Simulated users, drawn among those with a history (0: all of them).", ge=0
+    )
+    fatigue: float = opt(
+        1.0,
+        "Content fatigue gamma: acceptance x exp(-gamma x share of the user's recent "
+        "consumption in the item's cluster); 0 turns it off.",
+        ge=0,
+    )
+    fatigue_window: int = opt(2, "Periods of consumption fatigue looks back on.", ge=1)
+    accept_rate: float | None = opt(
+        None,
+        "Mean acceptance of DSIE's top K at the start (default: DSIE's real precision@K on "
+        "the test period).",
+        gt=0,
+        lt=1,
+    )
+    factors: int = opt(32, "ALS factors of the oracle.", ge=2)
+    mmr_lambda: float = opt(0.5, "Relevance weight of the DSIE + MMR system.", ge=0, le=1)
+    systems: str = opt(",".join(SIM_SYSTEMS), "Systems to simulate, comma separated.")
+    workers: int = opt(2, "Processes running (system, seed) jobs side by side.", ge=1)
+    out: str = opt("sim", "Output folder in the workspace (e.g. sim-nofatigue).")
+
+    def check(self) -> None:
+        self.system_keys()
+
+    def system_keys(self) -> list[str]:
+        keys = [k.strip() for k in self.systems.split(",") if k.strip()]
+        unknown = [k for k in keys if k not in SIM_SYSTEMS]
+        if unknown or not keys:
+            raise BadInput(f"--systems: unknown {unknown}; choose from {', '.join(SIM_SYSTEMS)}")
+        return keys
+
+
 # command name -> (options class, "module:function" of its implementation)
 COMMANDS: dict[str, tuple[type[Options], str]] = {
     "prepare": (PrepareOptions, "coea_cli.data.run:run_prepare"),
@@ -739,6 +791,7 @@ COMMANDS: dict[str, tuple[type[Options], str]] = {
     "pco-round": (PcoOptions, "coea_cli.pco.run:run_pco"),
     "recommend": (RecommendOptions, "coea_cli.recs.run:run_recommend"),
     "evaluate": (EvaluateOptions, "coea_cli.evaluation.run:run_evaluate"),
+    "simulate": (SimOptions, "coea_cli.sim.run:run_simulate"),
 }
 
 

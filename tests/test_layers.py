@@ -22,7 +22,7 @@ from coea_cli.options import COMMANDS, Common, flag_of
 from coea_cli.workspace import core, tracks
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("data", "items", "sids", "groups", "dsie", "pco", "recs", "evaluation")
+STAGES = ("data", "items", "sids", "groups", "dsie", "pco", "recs", "evaluation", "sim")
 
 
 def _lint(root: Path) -> subprocess.CompletedProcess:
@@ -56,7 +56,7 @@ def test_import_contracts_catch_a_stage_importing_a_command_module(tmp_path):
 def _artifact_names() -> set[str]:
     names = set()
     tables = (core.DATA, core.ITEMS, core.SIDS, core.GROUPS, core.DSIE, core.RECS, core.EVAL)
-    for table in (*tables, core.ROLLING):
+    for table in (*tables, core.ROLLING, core.SIM):
         names |= set(table.values())
     return names | set(tracks.ROUND.values())
 

@@ -21,7 +21,7 @@ def clean(value):
         return None
     if isinstance(value, dict):
         return {k: clean(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return [clean(v) for v in value]
     return value
 

@@ -61,15 +61,25 @@ def track_variant(
 class Engine:
     """Holds the workspace tables, DSIE and per-user item scores at one cutoff."""
 
-    def __init__(self, ws: Workspace, before_period: int, device: str, world: World | None = None):
+    def __init__(
+        self, ws: Workspace, before_period: int, device: str, world: World | None = None,
+        dsie=None,
+    ):  # fmt: skip
+        """`dsie`: a DSIE model to serve instead of the workspace's for this cutoff (the
+        simulator's, fine-tuned in memory); its user states are then encoded here."""
         self.ws = ws
         self.world = world or World.load(ws)
         self.before = before_period
-        self.dsie_name = ws.dsie_name(before_period)
         self.prompter = Prompter(self.world)
         self.history = self.world.history.before(before_period)
-        self.dsie = load_dsie(ws, self.dsie_name, device=device)
-        self.states = self._states()
+        if dsie is None:
+            self.dsie_name = ws.dsie_name(before_period)
+            self.dsie = load_dsie(ws, self.dsie_name, device=device)
+            self.states = self._states()
+        else:
+            self.dsie = dsie
+            groups = self.world.group_at(before_period)
+            self.states = encode_users(dsie, self.world.history, groups, before_period)["fused"]
         self.items_of = clusters_to_items(self.world.item_cluster)
         counts = self.world.history.item_counts(before_period)
         self.popularity = np.log1p(counts).astype(np.float32)

@@ -89,6 +89,14 @@ EVAL = {
     "tradeoff": "tradeoff.png",
 }
 ROLLING = {"report": "report.json", "markdown": "report.md", "periods": "periods.png"}
+SIM = {
+    "oracle": "oracle.safetensors",
+    "periods": "periods.parquet",
+    "accepted": "accepted.parquet",
+    "report": "report.json",
+    "markdown": "report.md",
+    "curves": "curves.png",
+}
 
 
 def check_name(option: str, name: str) -> str:
@@ -145,6 +153,9 @@ class Workspace:
         if shard is not None:
             path = path / "shards" / f"{shard[0]}-of-{shard[1]}"
         return Dir(path, "recommend", RECS)
+
+    def sim(self, name: str = "sim") -> Dir:
+        return Dir(self.root / check_name("--out", name), "simulate", SIM)
 
     def track(self, name: str = "main") -> Track:
         return Track(self.root, name)
@@ -317,13 +328,15 @@ class Workspace:
             for p in sorted(set(table["period"].to_pylist())):
                 part = table.filter(pc.equal(table["period"], p))
                 by_period[int(p)] = _user_groups(part, n_users, path)
-            if test not in by_period:
+            known = [p for p in by_period if p <= test]
+            if not known:
                 raise ArtifactError(path, "profile-groups", f"no groups for period {test}")
+            latest = by_period[max(known)]  # periods appended since: the latest placement
             p = read_table(
                 self.groups_dir.require("personas"), "profile-groups", ["group", "persona"]
             )
             text = dict(zip(p["group"].to_pylist(), p["persona"].to_pylist(), strict=True))
-            return Groups(by_period[test], text, by_period)
+            return Groups(latest, text, by_period)
 
         return self._once("groups", load)
 

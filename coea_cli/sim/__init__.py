@@ -1,0 +1,1 @@
+"""Closed-loop simulation (`coea simulate`): oracle users, systems that update, measures."""
