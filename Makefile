@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 WORK   ?= coea-work
 export COEA_CACHE ?= $(CURDIR)/.cache/coea
 
-.PHONY: install test lint format demo bench clean
+.PHONY: install test lint format demo rolling simulate bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -31,6 +31,12 @@ format: $(STAMP)
 
 demo: $(STAMP)
 	WORK=$(WORK) COEA=$(COEA) bash examples/demo.sh
+
+rolling: demo
+	WORK=$(WORK) COEA=$(COEA) bash examples/rolling.sh
+
+simulate: demo
+	WORK=$(WORK) COEA=$(COEA) bash examples/simulate.sh
 
 bench: $(STAMP)
 	$(PY) bench/prepare.py

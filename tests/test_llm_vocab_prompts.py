@@ -120,3 +120,33 @@ def test_prompt_length_and_answer_tokens():
     assert tok.encode(p + " No") == [*tok.encode(p), no]
     n = novelty_prompt("persona", recent, [], DESCRIBE)
     assert tok.encode(n + "<a_3>") == tok.encode(n) + cluster_token_ids(tok, (3,))
+
+
+def test_sid_rows_on_spare_embedding_rows_are_initialised(tmp_path):
+    """A base whose embedding matrix has unused rows past its vocabulary (like Qwen2.5):
+    the SID tokens land on those rows, which must get the documented initialisation (mean of
+    the real vocabulary's rows plus small noise), not whatever the rows held."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tok = tokenizer(False)
+    n_vocab = len(tok)
+    rows = -(-(n_vocab + len(SID) + 10) // 64) * 64  # spare rows for every SID token
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=rows, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)  # fmt: skip
+    model = Qwen2ForCausalLM(cfg)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[n_vocab:] = 50.0  # garbage in the spare rows
+    from transformers import AutoTokenizer
+
+    tok.save_pretrained(tmp_path)  # a private copy: the shared tokenizer stays unchanged
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    ids = add_sid_tokens(model, tok, SID, seed=3)
+    w = model.get_input_embeddings().weight.detach()
+    assert w.shape[0] == rows  # no resize was needed
+    assert min(ids) >= n_vocab and max(ids) < rows
+    mean, std = w[:n_vocab].mean(0), w[:n_vocab].std(0)
+    dev = (w[ids] - mean).abs()
+    assert (dev <= 0.5 * std + 1e-6).all()  # noise of 0.1 std: far below 5 std
+    assert not torch.isclose(w[ids], torch.full_like(w[ids], 50.0)).any()
