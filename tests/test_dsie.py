@@ -451,3 +451,37 @@ def test_cutoff_trains_on_earlier_periods_only(tmp_path, grouped):  # noqa: F811
     assert not (a / "dsie").exists()
     r = coea("train-dsie", "--work", a, "--cutoff", 99, *TINY)
     assert r.code == 2 and "--cutoff 99" in r.stderr
+
+
+def test_group_loss_separates_groups():
+    """The group-consistency loss is the cross-entropy of each target position's group under a
+    softmax over cos(long state, every group's centroid) / 0.1 (checked against a naive
+    computation), so it falls when a state moves away from the other groups' centroids."""
+    import torch.nn.functional as F
+
+    from coea_cli.dsie.model import GROUP_TEMPERATURE
+
+    model = tiny_model(3).train()
+    g = torch.Generator().manual_seed(1)
+    items = torch.randint(0, 30, (4, 6), generator=g)
+    lengths = torch.tensor([6, 4, 5, 2])
+    targets = torch.randint(0, 30, (4, 6), generator=g)
+    targets[torch.arange(6)[None] < (6 - lengths)[:, None]] = -1
+    groups = torch.tensor([0, 1, 2, 1])
+    torch.manual_seed(0)
+    out = model(items, lengths, groups, targets)
+    model.eval()
+    with torch.no_grad():
+        tok = model._tokens(model.item_table(), items)
+        hl = model.long_states(tok, lengths, groups)[:, 1:]
+        centres = model.centroid_proj(model.persona)
+    expected = 0.0
+    for r in range(4):
+        for t in range(6):
+            if targets[r, t] < 0:
+                continue
+            sims = F.cosine_similarity(hl[r, t][None], centres, dim=-1) / GROUP_TEMPERATURE
+            expected += -torch.log_softmax(sims, 0)[groups[r]]
+    model.train()
+    assert model.cfg.dropout == 0.0  # so the train-mode loss equals the eval-mode states
+    assert float(out["group"]) == pytest.approx(float(expected), rel=1e-4)

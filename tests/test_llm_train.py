@@ -252,3 +252,28 @@ def test_kl_is_zero_before_any_update(base, levels):
         valid_clusters=valid,
     )
     assert m["kl"] > 1e-4
+
+
+def test_unlikelihood_pushes_verified_negatives_down(base):
+    """Proposals verified as bad are pushed down: the first step's unlikelihood equals
+    -log(1 - p(c | prompt)) under the constrained distribution, and training lowers p(c)
+    while the positive examples are still learned."""
+    model, tok = _lora(base)
+    ex = _mapping_examples()
+    negs = [(p, ((c[0] + 1) % 8,)) for p, c in ex]  # the cluster after each target
+    prompts = [p for p, _ in negs]
+    cols = torch.tensor([c[0] for _, c in negs])
+    p_before = cluster_logprobs(model, tok, prompts, VALID).exp()[torch.arange(8), cols]
+    expected = float(-torch.log1p(-p_before).mean())
+    m = train_novelty(model, tok, [], negatives=negs, neg_weight=1.0, valid_clusters=VALID,
+                      epochs=1, lr=1e-9, batch_size=8)  # fmt: skip
+    assert m["unlikelihood"] == pytest.approx(expected, rel=1e-3)  # one step, lr ~ 0
+    model, tok = _lora(base)
+    target = torch.tensor([c[0] for _, c in ex])
+    t_before = cluster_logprobs(model, tok, prompts, VALID).exp()[torch.arange(8), target]
+    m = train_novelty(model, tok, ex, negatives=negs, neg_weight=2.0, valid_clusters=VALID,
+                      objective="sft_kl", kl_weight=0.1, epochs=10, lr=1e-2, batch_size=4)  # fmt: skip
+    lp = cluster_logprobs(model, tok, prompts, VALID).exp()
+    assert lp[torch.arange(8), cols].mean() < 0.5 * p_before.mean()
+    assert lp[torch.arange(8), target].mean() > 1.5 * t_before.mean()  # still learned
+    assert m["negatives"] == 8 and m["neg_weight"] == 2.0 and "kl" in m

@@ -6,8 +6,9 @@ in parallel:
 
 - long-term branch: the last `long_len` items with forward position embeddings, and the
   user's group token (the projected persona embedding) in front of them; attention through
-  `coea_kernels.attention` (causal, left padding). A group-consistency loss pulls its state toward a
-  centroid projected from the group's persona (1 - cosine).
+  `coea_kernels.attention` (causal, left padding). A group-consistency loss pulls its state toward
+  the centroid projected from its group's persona and away from the other groups' centroids
+  (a softmax over the groups' cosine similarities), so groups separate.
 - short-term branch: causal self-attention restricted to the last `short_len` positions
   (a sliding window; with one layer its state at t depends on items t-short_len+1..t only), with
   learned relative-position key/value embeddings.
@@ -29,6 +30,7 @@ from coea_cli.options import Branches, DsieOptions
 from coea_cli.workspace import SidLayout
 
 BRANCHES = tuple(str(b) for b in Branches)
+GROUP_TEMPERATURE = 0.1  # of the group-consistency softmax over centroids
 
 
 @dataclass
@@ -313,8 +315,9 @@ class DSIE(nn.Module):
     def forward(self, items, lengths, groups, targets, negatives=None) -> dict[str, torch.Tensor]:
         """Summed losses over the valid target positions: "next" (next-item cross-entropy,
         full softmax, or sampled over `negatives` [K] shared by the batch), "cluster" (mean
-        over SID levels of next-code cross-entropy), "group" (1 - cos(long state, group
-        centroid)) and "count" (number of targets)."""
+        over SID levels of next-code cross-entropy), "group" (cross-entropy of the user's group
+        under a softmax over cos(long state, each group's centroid) / GROUP_TEMPERATURE) and
+        "count" (number of targets)."""
         table = self.item_table()
         tok = self._tokens(table, items)
         hl_all = self.long_states(tok, lengths, groups)[:, 1:] if self.cfg.has_long else None
@@ -339,8 +342,9 @@ class DSIE(nn.Module):
         group = f.new_zeros(())
         if self.cfg.group_on:
             rows = valid.nonzero()[:, 0]
-            centre = self.centroid_proj(self.persona[groups])[rows]
-            group = (1 - F.cosine_similarity(hl_all[valid], centre, dim=-1)).sum()
+            centres = F.normalize(self.centroid_proj(self.persona), dim=-1)  # [G, h]
+            sims = F.normalize(hl_all[valid], dim=-1) @ centres.t()
+            group = F.cross_entropy(sims / GROUP_TEMPERATURE, groups[rows], reduction="sum")
         return {"next": nxt, "cluster": cluster, "group": group, "count": valid.sum()}
 
 

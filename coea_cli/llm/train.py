@@ -131,6 +131,8 @@ def train_novelty(
     valid_clusters: Sequence[Cluster] | None = None,
     dpo_pairs: Sequence[tuple[str, Cluster, Cluster]] | None = None,
     beta: float = 0.1,
+    negatives: Sequence[tuple[str, Cluster]] = (),
+    neg_weight: float = 0.0,
     max_grad_norm: float = 1.0,
     progress: Progress | None = None,
     seed: int = 0,
@@ -138,7 +140,10 @@ def train_novelty(
     """Fine-tune the Novelty LLM; returns metrics. (One loop for the three objectives, a little
     over 80 lines: they share batching, clipping and logging and differ only in the loss.)
 
-    - ``sft``: cross-entropy on the target cluster tokens of ``(prompt, target)`` examples.
+    - ``sft``: cross-entropy on the target cluster tokens of ``(prompt, target)`` examples,
+      plus ``neg_weight`` times the unlikelihood ``-log(1 - p(c | prompt))`` of each
+      ``(prompt, cluster)`` in ``negatives`` (p: the constrained distribution of
+      ``valid_clusters``): proposals to push down.
     - ``sft_kl``: plus ``kl_weight * KL(new || previous)`` over the constrained distribution of
       ``valid_clusters`` given each prompt. ``ref_model`` supplies the previous distribution: a
       ``[N, C]`` tensor aligned with ``examples``, a callable ``prompts -> [N, C]``, or None to
@@ -154,9 +159,10 @@ def train_novelty(
     disable_cpu_bf16_repack(model)
     pad = _pad_id(tokenizer)
     table = None
-    if objective in ("sft_kl", "dpo"):
+    negatives = list(negatives) if neg_weight > 0 else []
+    if objective in ("sft_kl", "dpo") or negatives:
         if not valid_clusters:
-            raise ValueError(f"objective {objective} needs valid_clusters")
+            raise ValueError(f"objective {objective} with negatives needs valid_clusters")
         table = ClusterTable(ClusterTrie.from_clusters(tokenizer, valid_clusters))
 
     loop = dict(
@@ -170,35 +176,68 @@ def train_novelty(
     if objective == "dpo":
         return _train_dpo(model, tokenizer, dpo_pairs, table, ref_model, beta, t0, loop)
 
-    prompts = [p for p, _ in examples]
+    n_pos = len(examples)
+    prompts = [p for p, _ in examples] + [p for p, _ in negatives]
     prompt_ids = encode_prompts(tokenizer, prompts)
     targets = [cluster_token_ids(tokenizer, c) for _, c in examples]
     if len({len(t) for t in targets}) > 1:
         raise ValueError("all target clusters must have the same number of levels")
+    neg_col = _columns(table, [c for _, c in negatives]) if negatives else None
     prev = None
     if objective == "sft_kl":
         prev = _previous(ref_model, model, prompts, prompt_ids, table, pad)
 
     def step(idx):
-        seqs = [prompt_ids[i] + targets[i] for i in idx]
-        length = len(targets[idx[0]])
-        logits = forward_tail(model, seqs, length + 1, pad)
-        labels = torch.tensor([[IGNORE] + targets[i] for i in idx], device=logits.device)
-        sft = sft_loss(logits, labels)
-        if prev is None:
-            return sft, {"sft": float(sft.detach())}
-        if table.length == 1:  # the cluster distribution sits at the last prompt position
-            new = table.score(logits[:, :1])
-        else:
-            new = table_logprobs(model, [prompt_ids[i] for i in idx], table, pad)
-        kl = kl_to_previous(new, prev[idx].to(new.device))
-        return sft + kl_weight * kl, {"sft": float(sft.detach()), "kl": float(kl.detach())}
+        pos, neg = [i for i in idx if i < n_pos], [i for i in idx if i >= n_pos]
+        loss, stats, new = 0.0, {}, []
+        if pos:
+            seqs = [prompt_ids[i] + targets[i] for i in pos]
+            logits = forward_tail(model, seqs, len(targets[pos[0]]) + 1, pad)
+            labels = torch.tensor([[IGNORE] + targets[i] for i in pos], device=logits.device)
+            sft = sft_loss(logits, labels)
+            loss, stats["sft"] = sft * len(pos) / len(idx), float(sft.detach())
+            if prev is not None:
+                new.append(
+                    _cluster_logprobs(model, logits, [prompt_ids[i] for i in pos], table, pad)
+                )
+        if neg:
+            lp = table_logprobs(model, [prompt_ids[i] for i in neg], table, pad)
+            cols = neg_col[torch.tensor(neg) - n_pos].to(lp.device)
+            p = torch.log_softmax(lp.float(), -1).gather(1, cols[:, None])[:, 0].exp()
+            ul = -torch.log1p(-p.clamp(max=1 - 1e-6)).mean()
+            loss = loss + neg_weight * ul * len(neg) / len(idx)
+            stats["unlikelihood"] = float(ul.detach())
+            if prev is not None:
+                new.append(lp)
+        if prev is not None:
+            kl = kl_to_previous(torch.cat(new), prev[pos + neg].to(new[0].device))
+            loss, stats["kl"] = loss + kl_weight * kl, float(kl.detach())
+        return loss, stats
 
-    steps, first, history = _loop(model, len(examples), step_fn=step, **loop)
-    out = _summary(objective, len(examples), steps, first, history, t0)
+    steps, first, history = _loop(model, len(prompts), step_fn=step, **loop)
+    out = _summary(objective, n_pos, steps, first, history, t0)
+    out["negatives"] = len(negatives)
     if objective == "sft_kl":
         out["kl_weight"] = kl_weight
+    if negatives:
+        out["neg_weight"] = neg_weight
     return out
+
+
+def _cluster_logprobs(model, logits, prompt_ids, table, pad):
+    """Cluster log-probs of a batch whose forward pass ended at the prompt (one-level
+    clusters: read off the last prompt position), else a pass over the table."""
+    if table.length == 1:
+        return table.score(logits[:, :1])
+    return table_logprobs(model, prompt_ids, table, pad)
+
+
+def _columns(table: ClusterTable, clusters) -> torch.Tensor:
+    col = {c: j for j, c in enumerate(table.trie.clusters)}
+    try:
+        return torch.tensor([col[tuple(c)] for c in clusters], dtype=torch.long)
+    except KeyError as e:
+        raise ValueError(f"negative cluster {e.args[0]} is not among valid_clusters") from e
 
 
 def _train_dpo(model, tokenizer, pairs, table, ref_model, beta, t0, loop) -> dict:
