@@ -584,9 +584,19 @@ class PcoOptions(Options):
     n: int = opt(8, "Novelty samples per user.", ge=1, flag="--n")
     temperature: float = opt(1.0, "Sampling temperature.", gt=0)
     top_m: int = opt(3, "Clusters kept after Relevance best-of-n.", ge=1)
-    tau_pos: float = opt(0.5, "Relevance score needed to verify an engaged cluster.", ge=0, le=1)
+    tau_pos: float = opt(0.6, "Relevance score needed to verify an engaged cluster.", ge=0, le=1)
     tau_neg: float = opt(
-        0.5, "Relevance score under which an unengaged candidate is a negative.", ge=0, le=1
+        0.4,
+        "Relevance score under which an unengaged proposal is a negative (between --tau-neg "
+        "and --tau-pos a proposal is uncertain and dropped).",
+        ge=0,
+        le=1,
+    )
+    neg_weight: float = opt(
+        0.5,
+        "Weight of the unlikelihood that pushes verified negative proposals down (SFT "
+        "objectives); 0: positives only.",
+        ge=0,
     )
     objective: Objective = opt(
         Objective.sft_kl,
@@ -603,7 +613,11 @@ class PcoOptions(Options):
     positives_per_user: int = opt(3, "Verified positives used per user and round (0: all).", ge=0)
     lr: float = opt(5e-4, "Learning rate (AdamW, LoRA parameters).", gt=0)
     batch_size: int = opt(16, "Batch size.", ge=1)
-    update_relevance: bool = opt(False, "Also fine-tune the Relevance LLM on each period's labels.")
+    update_relevance: bool = opt(
+        True,
+        "Fine-tune the Relevance LLM on each period's feedback too (co-evolution); a rejected "
+        "round rolls both LLMs back.",
+    )
     holdout: float = opt(0.2, "Share of a period's users held out for re-evaluation.", gt=0, lt=1)
     epsilon: float = opt(
         0.02,
@@ -626,8 +640,8 @@ class PcoOptions(Options):
     dry_run: bool = opt(False, "Print the plan and exit.", recorded=False)
 
     def check(self) -> None:
-        if self.base_model != "scratch" and self.attn == Attn.coea_triton:
-            pass  # any backbone may use the kernel on CUDA
+        if self.tau_neg > self.tau_pos:
+            raise BadInput(f"--tau-neg {self.tau_neg} must not exceed --tau-pos {self.tau_pos}")
         if self.template_dir is not None and not Path(self.template_dir).is_dir():
             raise BadInput(f"--template-dir: {self.template_dir} is not a folder")
 

@@ -138,11 +138,13 @@ def test_crash_then_clean_rerun(work, target, monkeypatch):
         raise RuntimeError("injected crash")
 
     monkeypatch.setattr(target, boom)
-    r = coea("pco-round", *TINY, "--work", work)
+    # thresholds at 0.5: the tiny Relevance LLM's scores sit near 0.5, and every step must run
+    verify_all = ("--tau-pos", 0.5, "--tau-neg", 0.5)
+    r = coea("pco-round", *TINY, *verify_all, "--work", work)
     assert r.code == 1
     assert _state(work) == before_state  # the last completed round is intact
     monkeypatch.undo()
-    r = coea("pco-round", *TINY, "--work", work, "--json")
+    r = coea("pco-round", *TINY, *verify_all, "--work", work, "--json")
     assert r.code == 0, r.stderr
     state = _state(work)
     assert state["round"] == 1 and [h["round"] for h in state["history"]] == [0, 1]

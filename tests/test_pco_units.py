@@ -744,3 +744,30 @@ def test_precision_of_proposals():
     truth = [{(1,), (3,)}, {(9,)}, set()]
     assert precision(props, truth, 3) == pytest.approx((2 / 3 + 0) / 2)
     assert np.isnan(precision(props[2:], truth[2:], 3))
+
+
+def test_partition_by_hand():
+    from coea_cli.pco.rounds import partition
+
+    pos, neg = partition([1, 1, 0, 0], [1, 0, 1, 1], [0.9, 0.5, 0.2, 0.5], 0.6, 0.4)
+    assert pos.tolist() == [True, False, False, False]
+    assert neg.tolist() == [False, False, True, False]  # rows 1 and 3 are uncertain
+    pos, neg = partition([1, 1, 0, 0], [1, 0, 1, 1], [0.9, 0.5, 0.2, 0.5], 0.6, 0.4, verify=False)
+    assert pos.tolist() == [True, True, False, False]
+    assert neg.tolist() == [False, False, True, True]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.booleans(), st.floats(0, 1)), max_size=30),
+       st.floats(0, 1), st.floats(0, 1))  # fmt: skip
+def test_partition_properties(rows, a, b):
+    from coea_cli.pco.rounds import partition
+
+    lo, hi = min(a, b), max(a, b)
+    engaged = [r[0] for r in rows]
+    proposed = [r[1] for r in rows]
+    score = [r[2] for r in rows]
+    pos, neg = partition(engaged, proposed, score, hi, lo)
+    assert not (pos & neg).any()
+    assert all(e for e, p in zip(engaged, pos, strict=True) if p)  # positives were engaged
+    assert all(p and not e for p, e, n in zip(proposed, engaged, neg, strict=True) if n)

@@ -280,37 +280,56 @@ class RoundK(RoundBase):
         )
         self.engaged = np.array([c in train[j].novel for j, c, _ in rows], dtype=bool)
         self.sampled = np.array([src == "sampled" for *_, src in rows], dtype=bool)
-        if o.verify:
-            self.pos = self.engaged & (self.score >= o.tau_pos)
-            self.neg = self.sampled & ~self.engaged & (self.score < o.tau_neg)
-        else:
-            self.pos = self.engaged.copy()
-            self.neg = self.sampled & ~self.engaged
+        self.pos, self.neg = partition(
+            self.engaged, self.sampled, self.score, o.tau_pos, o.tau_neg, o.verify
+        )
+        proposed, observed = self.sampled, ~self.sampled
         self.counts = {
-            "candidates": int(self.sampled.sum()),
-            "candidate_hits": int((self.sampled & self.engaged).sum()),
-            "observed_novel": int((~self.sampled).sum()),
+            "candidates": int(proposed.sum()),
+            "candidate_hits": int((proposed & self.engaged).sum()),
+            "observed_novel": int(observed.sum()),
             "verified_positive": int(self.pos.sum()),
+            "verified_positive_proposed": int((self.pos & proposed).sum()),
             "verified_negative": int(self.neg.sum()),
+            "uncertain": int((proposed & ~self.pos & ~self.neg).sum()),
             "relevance_auc_period": (
                 scoring.auc(self.engaged, self.score) if len(rows) else float("nan")
             ),
         }
         c = self.counts
         console.log(
-            f"round {self.k}: {c['candidates']} candidates ({c['candidate_hits']} engaged), "
-            f"{c['verified_positive']} verified positives, {c['verified_negative']} verified "
-            "negatives"
+            f"round {self.k}: {c['candidates']} proposals ({c['candidate_hits']} engaged); "
+            f"verified {c['verified_positive']} positives ({c['verified_positive_proposed']} "
+            f"proposed), {c['verified_negative']} negative proposals, {c['uncertain']} "
+            "uncertain dropped"
         )
         self.held_prompts = [self.prompter.novelty(u.context) for u in self.held]
         self.held_banned = [u.banned for u in self.held]
         self.prev_cands = scoring.top_clusters(
             self.novelty, self.tok, self.held_prompts, self.held_banned, self.clusters, o.n
         )
+        self.held_auc = {"before": self._held_auc()}
+
+    def _held_auc(self) -> float:
+        """The Relevance LLM's AUC on the held-out users: their engaged new clusters against
+        the other clusters the previous Novelty proposed to them."""
+        from coea_cli.llm.decoding import relevance_scores
+
+        rows = [
+            (u.context, c, c in u.novel)
+            for u, cands in zip(self.held, self.prev_cands, strict=True)
+            for c in dict.fromkeys([*cands, *sorted(u.novel)])
+        ]
+        if not rows:
+            return float("nan")
+        prompts = [self.prompter.relevance(x, c) for x, c, _ in rows]
+        score = relevance_scores(self.relevance, self.rtok, prompts).numpy()
+        return scoring.auc(np.array([y for *_, y in rows]), score)
 
     def finetune(self) -> None:
-        """Novelty fine-tuned from round k-1 on the verified positives (plus replay), or on
-        verified pairs with DPO."""
+        """Novelty fine-tuned from round k-1 on the verified positives (plus replay), pushing
+        down the verified negative proposals (unlikelihood, --neg-weight), or on verified
+        pairs with DPO."""
         from coea_cli.llm.train import train_novelty
 
         o = self.opt
@@ -318,6 +337,8 @@ class RoundK(RoundBase):
         pos_rows = _cap_per_user(self.rows, self.pos, o.positives_per_user, self.seed_k)
         self.new_prompts = [self.prompts[j] for j, _, _ in pos_rows]
         self.new_targets = [c for _, c, _ in pos_rows]
+        neg_rows = _cap_per_user(self.rows, self.neg, o.positives_per_user, self.seed_k + 1)
+        negatives = [(self.prompts[j], c) for j, c, _ in neg_rows]
         self.replay_p, replay_t = _replay(
             self.track, self.state, len(self.new_prompts), o.replay, self.seed_k
         )
@@ -339,7 +360,7 @@ class RoundK(RoundBase):
             )
             self.fit = train_novelty(
                 self.novelty, self.tok, examples, objective=str(self.objective),
-                kl_weight=o.kl_weight, **common,
+                kl_weight=o.kl_weight, negatives=negatives, neg_weight=o.neg_weight, **common,
             )  # fmt: skip
 
     def update_relevance(self) -> None:
@@ -382,6 +403,8 @@ class RoundK(RoundBase):
                 f"coea_precision@{o.top_m}": scoring.precision(best, truth, o.top_m),
                 **{f"cluster_{a}": b for a, b in novelty.items()},
             }
+        if o.update_relevance:
+            self.held_auc["after"] = self._held_auc()
         key = f"coea_precision@{o.top_m}"  # hit rates saturate: users try many new clusters
         self.accepted = True
         if o.reeval and len(held):
@@ -430,6 +453,7 @@ class RoundK(RoundBase):
             "novelty_fit": self.fit,
             "relevance_fit": getattr(self, "rel_fit", None),
             "reeval": self.quality,
+            "relevance_auc_heldout": self.held_auc,
             "accepted": self.accepted,
             "invalid_samples": self.samples.invalid,
             "options": self.opt.recorded(),
@@ -440,6 +464,22 @@ class RoundK(RoundBase):
             "novelty_path": self.track.relative(self.track.adapter("novelty", self.k)),
             "relevance_path": self.relevance_path,
         }
+
+
+def partition(engaged, proposed, score, tau_pos: float, tau_neg: float, verify: bool = True):
+    """(positives, negatives) among candidate rows. Verified positive: engaged and judged
+    relevant (score >= tau_pos), whether proposed or only observed. Verified negative: a
+    proposal the user ignored that the Relevance LLM also rejects (score < tau_neg). Everything
+    else is uncertain and dropped. Without `verify` the data alone decides.
+
+    Example: engaged [1, 1, 0, 0], proposed [1, 0, 1, 1], score [.9, .5, .2, .5], taus .6/.4
+    -> positives [1, 0, 0, 0], negatives [0, 0, 1, 0] (row 1 and row 3 uncertain).
+    """
+    engaged, proposed = np.asarray(engaged, bool), np.asarray(proposed, bool)
+    score = np.asarray(score, dtype=np.float64)
+    if not verify:
+        return engaged.copy(), proposed & ~engaged
+    return engaged & (score >= tau_pos), proposed & ~engaged & (score < tau_neg)
 
 
 def _cap_per_user(rows, pos, cap: int, seed: int) -> list:
