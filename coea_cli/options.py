@@ -668,7 +668,32 @@ class ServeOptions(Options):
         ge=0,
         le=1,
     )
-    key_recent: int = opt(3, "Recent clusters in a serving key (with the user's group).", ge=0)
+    weights: str = opt(
+        "auto",
+        "How the explore slots are ranked: auto (weights chosen on the period before the one "
+        "served, with the models of that time: needs `train-dsie --cutoff` of that period), "
+        "top-m (the first --top-m draws the user does not know, items by DSIE), or "
+        "W_NOVELTY,W_RELEVANCE (log Novelty probability and Relevance logit added to DSIE's "
+        "item score).",
+    )
+
+    def check(self) -> None:
+        self.fixed_weights()
+
+    def fixed_weights(self):
+        """None for auto, "top-m", or the two weights."""
+        spec = str(self.weights).strip().lower()
+        if spec in ("auto", "top-m"):
+            return None if spec == "auto" else spec
+        try:
+            n, r = (float(x) for x in spec.split(","))
+        except ValueError:
+            raise BadInput(
+                f"--weights: expected auto, top-m or W_NOVELTY,W_RELEVANCE, got {self.weights!r}"
+            ) from None
+        if not (math.isfinite(n) and math.isfinite(r)):
+            raise BadInput("--weights must be finite")
+        return n, r
 
 
 @dataclass(frozen=True)
@@ -695,6 +720,7 @@ class RecommendOptions(ServeOptions):
     )
 
     def check(self) -> None:
+        super().check()
         self.shard_spec()
 
     def shard_spec(self) -> tuple[int, int] | None:

@@ -23,6 +23,7 @@ def trained(tmp_path_factory):
         ("tokenize-items",),
         ("profile-groups", "--groups", 3),
         ("train-dsie", "--epochs", 1, "--hidden", 32, "--heads", 2),
+        ("train-dsie", "--cutoff", 1, "--epochs", 1, "--hidden", 32, "--heads", 2),
         ("pco-round", *TINY, "--rounds", 2),
         ("pco-round", *TINY, "--track", "nokl", "--no-kl"),
         ("pco-round", *TINY, "--track", "nodsie", "--no-dsie", "--rounds", 2),
@@ -54,7 +55,7 @@ def test_lists_exclude_seen_and_hold_valid_items(trained):
     sids = store.read_parquet(trained / "sids" / "sids.parquet").sort_by("item_id")
     assert (sids["c1"].to_numpy()[items] == t["cluster"].to_numpy()).all()
     report = store.read_json(trained / "recs" / "report.json")
-    assert report["unique_keys"] <= report["users"]
+    assert report["users"] == len(per_user) and report["weights"]
 
 
 def test_coea_items_come_from_clusters_new_to_the_user(trained):
@@ -255,6 +256,7 @@ def test_evaluate_refuses_lists_of_other_adapters(trained, tmp_path):
 
 def test_rolling_evaluation_uses_the_models_of_each_period(trained, tmp_path):
     w = _copy(trained, tmp_path / "rolling")
+    shutil.rmtree(w / "dsie-before-1")
     r = coea("evaluate", "--rolling", "--ks", "5,10", "--work", w)
     assert r.code == 2 and "run `coea train-dsie --cutoff 1` first" in r.stderr
     r = coea("train-dsie", "--cutoff", 1, "--epochs", 1, "--hidden", 32, "--heads", 2, "--work", w)
@@ -279,8 +281,24 @@ def test_rolling_evaluation_uses_the_models_of_each_period(trained, tmp_path):
     assert served["2"]["CoEA (full)"] == state["current"]["novelty"]
     assert served["1"]["CoEA w/o DSIE"] == "llm/tracks/nodsie/novelty/round-000"
     assert set(report["comparisons"]) >= {"CoEA (full) vs DSIE unexplored"}
+    # the weights of period 2 are chosen on period 1; period 1 has no validation period
+    assert report["weights"]["1"] == "top-m" and report["validation"]["2"]["period"] == 1
     md = (w / "eval-rolling" / "report.md").read_text()
     assert "Rolling:" in md and "| CoEA (full) |" in md
     assert (w / "eval-rolling" / "periods.png").read_bytes()[:4] == b"\x89PNG"
     again = coea("evaluate", "--rolling", "--ks", "5,10", "--work", w)
     assert again.code == 0 and "up to date" in again.stderr
+
+
+def test_weights_are_chosen_on_the_validation_period(trained):
+    report = store.read_json(trained / "recs" / "report.json")
+    v = report["validation"]
+    assert v["period"] == 1 and v["users"] > 0
+    assert report["weights"] == v["chosen"] and v["chosen"] in v["scores"]
+    best = v["scores"][v["chosen"]]["serendipity@10"]
+    assert all(row["serendipity@10"] <= best + 1e-12 for row in v["scores"].values())
+    assert "top-m" in v["scores"] and len(v["scores"]) == 17  # the rule and the 4 x 4 grid
+    manifest = store.read_json(trained / "recs" / "manifest.json")
+    assert "dsie-before-1/dsie.safetensors" in manifest["inputs"]  # validated as of period 1
+    r = coea("recommend", "--weights", "1,x", "--work", trained)
+    assert r.code == 2 and "--weights" in r.stderr

@@ -7,13 +7,14 @@ import hashlib
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coea_cli.llm.context import World
 from coea_cli.recs import lists
-from coea_cli.recs.candidates import Candidate, key_context, key_of, key_seed
-from coea_cli.recs.lists import DRAW, FILL, RECORD, RESERVE, SOURCES, clusters_to_items
+from coea_cli.recs.candidates import Candidate, user_seed
+from coea_cli.recs.lists import DRAW, FILL, RECORD, RESERVE, SOURCES, Weights, clusters_to_items
 from coea_cli.workspace import History
 
 
@@ -26,9 +27,11 @@ class ListOptions:
     explore_ratio: float = 1.0
 
 
-def user_list(*args):
+def user_list(*args, weights=None):
     *rest, opt = args
-    return lists.user_list(*rest, k=opt.k, top_m=opt.top_m, explore_ratio=opt.explore_ratio)
+    return lists.user_list(
+        *rest, k=opt.k, top_m=opt.top_m, explore_ratio=opt.explore_ratio, weights=weights
+    )
 
 
 def cands(*clusters: int) -> list[Candidate]:
@@ -166,7 +169,7 @@ def list_cases(draw):
         draw(st.lists(st.integers(0, n_items - 1), max_size=n_items)), dtype=np.int64
     )  # may repeat
     familiar = draw(st.sets(st.integers(0, n_clusters + 1)))
-    # distinct candidate clusters, as key_candidates produces them; some may hold no items
+    # distinct candidate clusters, as user_candidates produces them; some may hold no items
     cand = draw(st.lists(st.integers(0, n_clusters + 1), unique=True, max_size=n_clusters + 2))
     opt = ListOptions(
         k=draw(st.integers(0, 15)),
@@ -259,79 +262,40 @@ def test_user_list_with_fresh_random_inputs():
         assert out["source"].tolist() == [DRAW] * n_exp + [FILL] * len(exp_dsie)
 
 
-# ---------------------------------------------------------------- serving keys
+# ---------------------------------------------------------------- per-user candidates
 
 
-def test_key_of():
-    assert key_of(3, [5, 1, 4, 2], 3) == (3, (1, 4, 2))
-    assert key_of(3, [5, 1], 3) == (3, (5, 1))
-    assert key_of(-1, [], 3) == (-1, ())
-    k = key_of(np.int64(2), [np.int64(7), np.int32(8)], 2)
-    assert k == (2, (7, 8))
-    assert type(k[0]) is int and all(type(c) is int for c in k[1])
-    hash(k)  # usable as a dict key
-
-
-def test_key_of_zero_recent_is_group_only():
-    assert key_of(3, [5, 1, 4], 0) == (3, ())
-
-
-def test_key_seed_deterministic_and_distinct():
-    keys = [(g, tuple(r)) for g in range(4) for r in ([], [1], [1, 2], [2, 1], [1, 2, 3])]
-    seeds = [key_seed(k, 0) for k in keys]
-    assert seeds == [key_seed(k, 0) for k in keys]  # deterministic
-    assert len(set(seeds)) == len(keys)  # distinct keys, distinct seeds
-    assert all(0 <= s < 2**64 for s in seeds)
-    assert key_seed((1, (2,)), 0) != key_seed((1, (2,)), 1)  # the global seed matters
-    # usable by numpy
-    np.random.default_rng(seeds[0])
+def test_user_seed_deterministic_and_distinct():
+    seeds = [user_seed(u, 0) for u in range(200)]
+    assert seeds == [user_seed(u, 0) for u in range(200)]  # deterministic
+    assert len(set(seeds)) == 200 and all(0 <= s < 2**64 for s in seeds)
+    assert user_seed(5, 0) != user_seed(5, 1)  # the global seed matters
+    assert user_seed(np.int64(7), 3) == user_seed(7, 3)  # numpy ints seed like ints
     # stable across processes and versions: a pinned value from the documented recipe
-    expected = int.from_bytes(hashlib.sha256(b"7:(1, (2, 3))").digest()[:8], "little")
-    assert key_seed((1, (2, 3)), 7) == expected
-
-
-def test_key_seed_through_key_of_ignores_integer_types():
-    """Keys built from numpy integers seed exactly like plain ints (sharding stability)."""
-    a = key_of(np.int64(4), np.array([3, 9, 1]).tolist(), 2)
-    b = key_of(4, [np.int64(3), np.int64(9), np.int64(1)], 2)
-    assert key_seed(a, 5) == key_seed(b, 5) == key_seed((4, (9, 1)), 5)
+    assert user_seed(7, 3) == int.from_bytes(hashlib.sha256(b"3:7").digest()[:8], "little")
 
 
 def _world() -> World:
     empty = np.zeros(0, np.int64)
     return World(
-        history=History(empty, empty, empty, empty, n_users=0, n_items=3, test_period=1),
+        history=History(empty, empty, empty, empty, n_users=3, n_items=3, test_period=1),
         item_cluster=np.array([0, 1, 2]),
         n_clusters=3,
         describe={},
-        group_of=empty,
+        group_of=np.array([2, 0, 2]),
         persona={0: "night owls", 2: "critics"},
     )
 
 
-def test_key_context():
-    w = _world()
-    ctx = key_context(w, (2, (1, 0)), use_dsie=True)
-    assert ctx.user == -1
-    assert ctx.persona == "critics"
-    assert ctx.recent == [(1,), (0,)]
-    assert ctx.familiar == [(1,), (0,)]
-    ctx = key_context(w, (2, (1, 0)), use_dsie=False)
-    assert ctx.persona == ""
-    assert ctx.recent == [(1,), (0,)] and ctx.familiar == [(1,), (0,)]
-    # unknown group (e.g. -1 for ungrouped users): no persona
-    assert key_context(w, (-1, (2,)), use_dsie=True).persona == ""
-    assert key_context(w, (0, ()), use_dsie=True).recent == []
-
-
-def test_key_candidates_judged_draws_then_reserve(monkeypatch):
-    """Candidate assembly with stand-in LLM scores (isolates sampling, judging and the
-    reserve; the decoding functions themselves are tested in test_llm_*)."""
+def test_user_candidates_own_context_draws_judged_then_reserve(monkeypatch):
+    """Candidate assembly with stand-in LLM scores (isolates the per-user context, sampling
+    without the user's familiar clusters, judging, deduplication and the reserve; the
+    decoding functions themselves are tested in test_llm_*)."""
     import torch
 
     from coea_cli.llm import decoding
-    from coea_cli.llm.context import Prompter
-    from coea_cli.recs.candidates import key_candidates
+    from coea_cli.llm.context import Prompter, context_of
+    from coea_cli.recs.candidates import user_candidates
 
     n_clusters = 6
     w = _world()
@@ -339,34 +303,76 @@ def test_key_candidates_judged_draws_then_reserve(monkeypatch):
     w.n_clusters = w.history.n_items = n_clusters
     # Novelty: cluster 0 likeliest, then 1, 2, ...; cluster 5 impossible
     logp = torch.log(torch.tensor([0.4, 0.3, 0.15, 0.1, 0.05, 0.0]))
-    monkeypatch.setattr(
-        decoding,
-        "cluster_logprobs",
-        lambda m, t, prompts, clusters, **kw: logp.repeat(len(prompts), 1),
-    )
+    scored_prompts: list[str] = []
+
+    def novelty(m, t, prompts, clusters, **kw):
+        scored_prompts.extend(prompts)
+        return logp.repeat(len(prompts), 1)
+
+    monkeypatch.setattr(decoding, "cluster_logprobs", novelty)
     judged_prompts: list[str] = []
 
     def relevance(m, t, prompts, **kw):
         judged_prompts.extend(prompts)
-        return torch.linspace(0.2, 0.9, len(prompts))  # later draws judged better
+        return torch.linspace(0.2, 0.9, len(prompts))  # later prompts judged better
 
     monkeypatch.setattr(decoding, "relevance_scores", relevance)
-    key = (0, (1,))  # cluster 1 is in the key's recent history: never proposed
-    out = key_candidates(w, [key], (None, None), (None, None), Prompter(w), n=3,
-                         temperature=1.0, seed=0)[key]  # fmt: skip
-    judged = [c for c in out if np.isfinite(c.relevance)]
-    reserve = [c for c in out if not np.isfinite(c.relevance)]
-    assert out[: len(judged)] == judged  # judged first
-    assert len(judged) == len(judged_prompts) and 1 <= len(judged) <= 3
-    assert [c.relevance for c in judged] == sorted((c.relevance for c in judged), reverse=True)
-    # every allowed cluster exactly once; the banned and the impossible ones never
-    assert sorted(c.cluster[0] for c in out) == [0, 2, 3, 4]
-    # the reserve follows the Novelty distribution renormalised without cluster 1
-    probs = [c.novelty for c in reserve]
-    assert probs == sorted(probs, reverse=True)
-    p = np.array([0.4, 0.15, 0.1, 0.05]) / 0.7
-    for c in out:
-        np.testing.assert_allclose(c.novelty, p[[0, 2, 3, 4].index(c.cluster[0])], rtol=1e-5)
+    # users 0 and 2 share a group and a history: one Novelty prompt; user 1 knows cluster 1
+    hist = {0: np.array([3]), 1: np.array([1, 3]), 2: np.array([3])}
+    ctx = {u: context_of(w, u, h) for u, h in hist.items()}
+    familiar = {u: {(int(c),) for c in w.item_cluster[h]} for u, h in hist.items()}
+    out = user_candidates(w, ctx, familiar, (None, None), (None, None), Prompter(w), n=3,
+                          temperature=1.0, seed=0)  # fmt: skip
+    assert len(scored_prompts) == 2  # identical contexts are scored once
+    assert "critics" in scored_prompts[0]  # the group persona is in the prompt
+    for u, cands in out.items():
+        judged = [c for c in cands if not c.reserve]
+        assert cands[: len(judged)] == judged  # draws first
+        assert all(np.isfinite(c.relevance) for c in judged) and 1 <= len(judged) <= 3
+        rel = [c.relevance for c in judged]
+        assert rel == sorted(rel, reverse=True)
+        allowed = [c for c in range(5) if (c,) not in familiar[u]]
+        assert sorted(c.cluster[0] for c in cands) == allowed  # each allowed cluster once
+        p = np.array([0.4, 0.3, 0.15, 0.1, 0.05])[allowed]
+        p /= p.sum()
+        for c in cands:
+            np.testing.assert_allclose(c.novelty, p[allowed.index(c.cluster[0])], rtol=1e-5)
+    assert len(judged_prompts) == len(set(judged_prompts))  # identical judgements once
+    no_judge = user_candidates(w, ctx, familiar, (None, None), None, Prompter(w), n=3,
+                               temperature=1.0, seed=0, judge=False, reserve=False)  # fmt: skip
+    for cands in no_judge.values():
+        assert not any(np.isfinite(c.relevance) or c.reserve for c in cands)
+        nov = [c.novelty for c in cands]
+        assert nov == sorted(nov, reverse=True)  # unjudged draws: most probable first
+
+
+# ---------------------------------------------------------------- one ranking of three signals
+
+
+def test_weighted_ranking_by_hand():
+    """Items of every unknown draw compete: DSIE score + w_n log p(c) + w_r logit r(c)."""
+    draws = [Candidate((1,), 0.9, 0.2), Candidate((3,), 0.5, 0.6)]
+    # cluster 1 bonus: 0 * log .2 + 1 * logit .9 = 2.197; cluster 3: 1 * logit .5 = 0
+    out = user_list(SCORES, np.array([], dtype=np.int64), {0}, draws, PARTS, ITEM_CLUSTER,
+                    ListOptions(k=4, top_m=1), weights=Weights(0.0, 1.0))  # fmt: skip
+    # items: 3 (.7 + 2.197), 4 (.6 + 2.197), 5 (.5 + 2.197), 9 (.4), 8 (.3) -> top 4
+    assert rows(out) == [(3, 1, DRAW), (4, 1, DRAW), (5, 1, DRAW), (9, 3, DRAW)]
+    # a strong novelty weight favours cluster 3 (p .6 against .2)
+    out = user_list(SCORES, np.array([], dtype=np.int64), {0}, draws, PARTS, ITEM_CLUSTER,
+                    ListOptions(k=2, top_m=1), weights=Weights(5.0, 0.0))  # fmt: skip
+    assert [r[1] for r in rows(out)] == [3, 3]
+    # draws the user knows are skipped; the reserve fills only what draws cannot
+    reserve = [Candidate((2,), float("nan"), 0.1, reserve=True)]
+    out = user_list(SCORES, np.array([8, 9], dtype=np.int64), {0, 1}, draws + reserve, PARTS,
+                    ITEM_CLUSTER, ListOptions(k=3, top_m=1), weights=Weights(1.0, 1.0))  # fmt: skip
+    assert rows(out) == [(6, 2, RESERVE), (7, 2, RESERVE), (0, 0, FILL)]
+
+
+def test_weights_cluster_score():
+    w = Weights(2.0, 1.0)
+    c = Candidate((0,), 0.75, 0.25)
+    assert w.cluster_score(c) == pytest.approx(2 * np.log(0.25) + np.log(3))
+    assert Weights(0.0, 1.0).cluster_score(Candidate((0,), float("nan"), 0.5)) == 0.0
 
 
 def test_user_list_reaches_the_reserve_when_draws_are_familiar():

@@ -22,6 +22,8 @@ from coea_cli.evaluation.table import Scores
 from coea_cli.llm.context import World
 from coea_cli.options import EvaluateOptions
 from coea_cli.recs.engine import Engine, track_variant
+from coea_cli.recs.lists import Weights
+from coea_cli.recs.tune import choose, name_of
 from coea_cli.workspace import MAIN, Workspace, read_json
 
 SERVED = "the serving options and seed of recs/ (recommend)"
@@ -40,20 +42,21 @@ def run_rolling(ctx: Ctx[EvaluateOptions], serve, seed: int) -> dict:
     t0 = time.time()
     world = World.load(ws)
     scores = Scores(ks, ws.item_embedding("content"))
-    seconds, served = {}, {}
+    seconds, served, weights, validation = {}, {}, {}, {}
     for k in periods:
         s = time.time()
         engine = Engine(ws, k, ctx.device, world)
         ev = events_at(engine, k)
         console.log(f"period {k}: {len(ev.users)} users, models as of its start")
         baselines(scores, engine, ev, serve, k_max, ctx.seed, o.mmr_lambda)
+        weights[k], validation[k] = _weights(ws, serve, k, ctx.device, seed)
         served[k] = {}
         for name, variant, note in variants(ws, ctx.device, seed, k):
             if variant is None:
                 scores.note(name, note)
                 continue
             served[k][name] = variant.novelty.relative_to(ws.root).as_posix()
-            lists = engine.recommend(ev.users, variant, serve, k_max, seed)["lists"]
+            lists = engine.recommend(ev.users, variant, serve, k_max, seed, weights[k])["lists"]
             scores.add(name, ev, systems.from_lists(lists, ev.users, k_max), note, lists)
         seconds[k] = round(time.time() - s, 1)
     pooled = scores.pooled()
@@ -70,6 +73,8 @@ def run_rolling(ctx: Ctx[EvaluateOptions], serve, seed: int) -> dict:
         "comparisons": comparisons(scores, ctx.seed),
         "served_with": SERVED,
         "novelty_adapters": served,
+        "weights": {k: name_of(w) for k, w in weights.items()},
+        "validation": validation,
         "seconds": {"total": round(time.time() - t0, 1), "per_period": seconds},
     }
     with st.write() as tmp:
@@ -110,6 +115,17 @@ def variants(ws: Workspace, device: str, seed: int, period: int) -> list:
         variant = track_variant(ws, ws.track(track), device, seed, name=name, before=before, **kw)
         out.append((name, variant, f"{note}; adapters as of each period's start"))
     return out
+
+
+def _weights(ws: Workspace, serve, period: int, device: str, seed: int):
+    """The ranking weights at `period`: as fixed by the serving options, or chosen on the
+    period before it with the models of that time (the top-m rule at period 1)."""
+    fixed = serve.fixed_weights()
+    if fixed == "top-m":
+        return None, {"note": "top-m"}
+    if fixed is not None:
+        return Weights(*fixed), {"note": "fixed"}
+    return choose(ws, ws.track(MAIN), period, serve, device, seed)
 
 
 def _inputs(ws: Workspace, periods: list[int]) -> list:

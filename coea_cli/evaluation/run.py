@@ -18,6 +18,7 @@ from coea_cli.evaluation.table import Scores
 from coea_cli.options import EvaluateOptions, ServeOptions
 from coea_cli.recs.engine import Engine, track_variant
 from coea_cli.recs.lists import RECORD, SOURCES
+from coea_cli.recs.tune import named
 from coea_cli.workspace import MAIN, Workspace, read_json, read_table
 
 
@@ -49,10 +50,10 @@ def run_evaluate(ctx: Ctx[EvaluateOptions]) -> dict | None:
     engine = Engine(ws, test, ctx.device)
     ev = events_at(engine, test)
     scores = Scores(ks, ws.item_embedding("content"))
-    serve, seed = stored["options"], stored["seed"]
+    serve, seed, weights = stored["options"], stored["seed"], stored["weights"]
     baselines(scores, engine, ev, serve, k_max, ctx.seed, o.mmr_lambda)
     variants = coea_variants(ws, main, ctx.device, seed)
-    coea_rows(scores, engine, ev, variants, serve, k_max, seed)
+    coea_rows(scores, engine, ev, variants, serve, k_max, seed, weights)
     full = f"main track, round {main['round']}: the stored lists (recs/recs.parquet)"
     lists = stored["lists"]
     scores.add("CoEA (full)", ev, systems.from_lists(lists, ev.users, k_max), full, lists)
@@ -117,7 +118,8 @@ def stored_lists(ws: Workspace, main: dict, test: int, k: int) -> dict:
         raise ArtifactError(out.path, f"recommend --k {k}", problem)
     columns = ["user_id", "item_id", "score", "cluster", "source"]
     table = read_table(out.require("table"), "recommend", columns)
-    return {"lists": lists_of(table), "options": serve, "seed": seed}
+    weights = named(report.get("weights", "top-m"))
+    return {"lists": lists_of(table), "options": serve, "seed": seed, "weights": weights}
 
 
 def serving_options(ws: Workspace) -> tuple[ServeOptions, int]:

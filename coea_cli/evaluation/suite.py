@@ -49,12 +49,14 @@ def baselines(
                "cluster choice at random")  # fmt: skip
 
 
-def coea_rows(scores: Scores, engine: Engine, ev: Events, variants, serve, k: int, seed: int):
+def coea_rows(scores: Scores, engine: Engine, ev: Events, variants, serve, k: int, seed: int,
+              weights=None):  # fmt: skip
+    """Each CoEA variant's lists for the events, ranked with `weights` (see recs.lists)."""
     for name, variant, note in variants:
         if variant is None:
             scores.note(name, note)
             continue
-        lists = engine.recommend(ev.users, variant, serve, k, seed)["lists"]
+        lists = engine.recommend(ev.users, variant, serve, k, seed, weights)["lists"]
         scores.add(name, ev, systems.from_lists(lists, ev.users, k), note, lists)
 
 

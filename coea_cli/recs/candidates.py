@@ -1,11 +1,12 @@
-"""Novel-cluster candidates per serving key, computed once per unique key.
+"""Novel-cluster candidates per user, from the same kind of context the LLMs were trained on.
 
-A serving key is (group, last few clusters). The Novelty LLM's exact constrained distribution
-over clusters is computed for the key's prompt, n clusters are sampled from it (temperature,
-seeded by the key itself, so any sharding of users gives the same draws), and the Relevance LLM
-scores each distinct draw: best-of-n. The key does not know each user's familiar clusters, so
-the judged draws are followed by a reserve: every other allowed cluster, unjudged, in the Novelty
-LLM's order. A user who already knows some of the draws then still gets m novel clusters.
+Each user's Novelty prompt is built from the user's own history (group persona, recent and
+familiar clusters, as in PCO training); identical prompts are scored once. The Novelty LLM's
+exact constrained distribution over clusters, with every cluster the user knows removed, gives
+n draws (temperature, seeded by the user's id, so any sharding of users gives the same draws);
+the Relevance LLM judges each distinct draw (identical judge prompts are scored once). The
+draws may be followed by a reserve: every other allowed cluster, unjudged, in the Novelty LLM's
+order.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ import numpy as np
 from coea_cli.llm.context import Context, Prompter, World
 from coea_cli.workspace import Cluster
 
-Key = tuple[int, tuple[int, ...]]
-
 
 @dataclass
 class Candidate:
@@ -29,26 +28,16 @@ class Candidate:
     reserve: bool = False  # not drawn: a reserve cluster in the Novelty LLM's order
 
 
-def key_of(group: int, recent: list[int], key_recent: int) -> Key:
-    kept = recent[max(0, len(recent) - key_recent) :] if key_recent > 0 else []
-    return (int(group), tuple(int(c) for c in kept))
-
-
-def key_context(world: World, key: Key, use_dsie: bool) -> Context:
-    group, recent = key
-    persona = world.persona.get(group, "") if use_dsie else ""
-    clusters = [(c,) for c in recent]
-    return Context(user=-1, persona=persona, recent=clusters, familiar=clusters)
-
-
-def key_seed(key: Key, seed: int) -> int:
-    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+def user_seed(user: int, seed: int) -> int:
+    """The sampling seed of one user: a hash of (seed, user), stable across processes."""
+    digest = hashlib.sha256(f"{seed}:{int(user)}".encode()).digest()
     return int.from_bytes(digest[:8], "little")
 
 
-def key_candidates(
+def user_candidates(
     world: World,
-    keys: list[Key],
+    contexts: dict[int, Context],
+    familiar: dict[int, set[Cluster]],
     novelty,
     relevance,
     prompter: Prompter,
@@ -56,59 +45,66 @@ def key_candidates(
     n: int,
     temperature: float,
     seed: int,
-    use_dsie: bool = True,
     judge: bool = True,
     reserve: bool = True,
     batch_size: int = 32,
-) -> dict[Key, list[Candidate]]:
-    """Candidates per key: the draws, best Relevance score first (or, with `judge` off, most
+) -> dict[int, list[Candidate]]:
+    """Candidates per user: the draws, best Relevance score first (or, with `judge` off, most
     probable first and unjudged), then with `reserve` every other allowed cluster by Novelty
     probability. `novelty` and `relevance` are (model, tokenizer) pairs."""
-    from coea_cli.llm.decoding import cluster_logprobs, relevance_scores
+    from coea_cli.llm.decoding import cluster_logprobs
 
+    users = list(contexts)
     clusters = world.clusters()
-    contexts = [key_context(world, k, use_dsie) for k in keys]
-    prompts = [prompter.novelty(c) for c in contexts]
-    lp = cluster_logprobs(*novelty, prompts, clusters, batch_size=batch_size).numpy()
     col = {c: j for j, c in enumerate(clusters)}
-    drawn: list[list[Cluster]] = []
-    probs: list[np.ndarray] = []
-    for r, key in enumerate(keys):
-        logits = lp[r] / temperature
-        for c in key[1]:
-            logits[col[(c,)]] = -np.inf
-        p = (
-            np.exp(logits - np.max(logits))
-            if np.isfinite(logits).any()
-            else np.zeros(len(clusters))
-        )
+    prompt = {u: prompter.novelty(contexts[u]) for u in users}
+    unique = list(dict.fromkeys(prompt.values()))
+    lp = cluster_logprobs(*novelty, unique, clusters, batch_size=batch_size).numpy()
+    row = {p: r for r, p in enumerate(unique)}
+    drawn: dict[int, list[Cluster]] = {}
+    probs: dict[int, np.ndarray] = {}
+    for u in users:
+        logits = lp[row[prompt[u]]] / temperature
+        for c in familiar[u]:
+            if c in col:
+                logits[col[c]] = -np.inf
+        p = np.zeros(len(clusters))
+        if np.isfinite(logits).any():
+            p = np.exp(logits - np.max(logits))
+            p /= p.sum()
+        probs[u] = p
         if p.sum() == 0:
-            drawn.append([])
-            probs.append(p)
+            drawn[u] = []
             continue
-        p /= p.sum()
-        rng = np.random.default_rng(key_seed(key, seed))
-        picks = rng.choice(len(clusters), size=n, p=p)
-        drawn.append([clusters[j] for j in dict.fromkeys(picks.tolist())])
-        probs.append(p)
-    flat = [(r, c) for r, row in enumerate(drawn) for c in row]
-    if judge and flat:
-        prompts = [prompter.relevance(contexts[r], c) for r, c in flat]
-        rel = relevance_scores(*relevance, prompts, batch_size=batch_size).numpy()
-    else:
-        rel = np.full(len(flat), np.nan)
-    out: dict[Key, list[Candidate]] = {k: [] for k in keys}
-    for (r, c), s in zip(flat, rel, strict=True):
-        out[keys[r]].append(Candidate(c, float(s), float(probs[r][col[c]])))
-    for r, k in enumerate(keys):
-        out[k].sort(key=lambda x: (-x.relevance if judge else 0.0, -x.novelty))
-        if not reserve:
-            continue
-        seen = set(drawn[r])
-        order = [j for j in np.argsort(-probs[r], kind="stable") if probs[r][j] > 0]
-        out[k] += [
-            Candidate(clusters[j], float("nan"), float(probs[r][j]), reserve=True)
-            for j in order
-            if clusters[j] not in seen
-        ]
+        picks = np.random.default_rng(user_seed(u, seed)).choice(len(clusters), size=n, p=p)
+        drawn[u] = [clusters[j] for j in dict.fromkeys(picks.tolist())]
+    judged = _judge(drawn, contexts, relevance, prompter, batch_size) if judge else {}
+    out: dict[int, list[Candidate]] = {}
+    for u in users:
+        p = probs[u]
+        cands = [Candidate(c, judged.get((u, c), float("nan")), float(p[col[c]])) for c in drawn[u]]
+        cands.sort(key=lambda x: (-x.relevance if judge else 0.0, -x.novelty))
+        if reserve:
+            order = [j for j in np.argsort(-p, kind="stable") if p[j] > 0]
+            seen = set(drawn[u])
+            cands += [
+                Candidate(clusters[j], float("nan"), float(p[j]), reserve=True)
+                for j in order
+                if clusters[j] not in seen
+            ]
+        out[u] = cands
     return out
+
+
+def _judge(drawn, contexts, relevance, prompter, batch_size) -> dict[tuple[int, Cluster], float]:
+    """P(Yes) for every (user, drawn cluster); identical prompts are scored once."""
+    from coea_cli.llm.decoding import relevance_scores
+
+    pairs = [(u, c) for u, row in drawn.items() for c in row]
+    if not pairs:
+        return {}
+    prompts = [prompter.relevance(contexts[u], c) for u, c in pairs]
+    unique = list(dict.fromkeys(prompts))
+    scores = relevance_scores(*relevance, unique, batch_size=batch_size).numpy()
+    of = dict(zip(unique, scores.tolist(), strict=True))
+    return {pair: of[p] for pair, p in zip(pairs, prompts, strict=True)}

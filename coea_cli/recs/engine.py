@@ -15,8 +15,8 @@ from coea_cli.errors import BadInput
 from coea_cli.llm.context import Prompter, World, context_of
 from coea_cli.llm.models import LLMSpec, load_model, serving_spec
 from coea_cli.options import ServeOptions
-from coea_cli.recs.candidates import key_candidates, key_of
-from coea_cli.recs.lists import clusters_to_items, user_list
+from coea_cli.recs.candidates import user_candidates
+from coea_cli.recs.lists import Weights, clusters_to_items, user_list
 from coea_cli.workspace import Track, Workspace
 from coea_cli.workspace.tracks import serving_before
 
@@ -104,8 +104,9 @@ class Engine:
         return np.unique(self.world.item_cluster[self.seen(user)])
 
     def rank_inside(
-        self, users, candidates_of, k: int, top_m: int, explore_ratio: float, use_dsie=True
-    ) -> dict:
+        self, users, candidates_of, k: int, top_m: int, explore_ratio: float, use_dsie=True,
+        weights: Weights | None = None,
+    ) -> dict:  # fmt: skip
         """{user: RECORD list}: the user's first `top_m` unfamiliar candidate clusters
         (`candidates_of(user)`), items inside ranked by DSIE (popularity without DSIE), the
         rest of the K slots filled by that ranking."""
@@ -121,41 +122,39 @@ class Engine:
                 lists[int(u)] = user_list(
                     row, self.seen(u), fam, candidates_of(int(u)), self.items_of,
                     w.item_cluster, k=k, top_m=top_m, explore_ratio=explore_ratio,
+                    weights=weights,
                 )  # fmt: skip
         return lists
 
-    def recommend(
-        self, users: np.ndarray, variant: Variant, opt: ServeOptions, k: int, seed: int
-    ) -> dict:
-        """{"lists": {user: RECORD array}, "keys": unique keys, "seconds": per stage}."""
-        t0 = time.time()
+    def candidates(self, users, variant: Variant, opt: ServeOptions, seed: int) -> dict:
+        """{user: candidates}: each user's own context (as in training), draws without the
+        clusters the user knows, judged by the Relevance LLM; and the number of distinct
+        Novelty prompts."""
         w = self.world
-        groups = w.group_at(self.before)
-        ctx = {int(u): context_of(w, u, self.seen(u), period=self.before) for u in users}
-        keys = {
-            u: key_of(int(groups[u]), [c[0] for c in c_.recent], opt.key_recent)
-            for u, c_ in ctx.items()
+        ctx = {
+            int(u): context_of(w, u, self.seen(u), use_dsie=variant.use_dsie, period=self.before)
+            for u in users
         }
-        unique = sorted(set(keys.values()))
-        t1 = time.time()
+        familiar = {int(u): {(int(c),) for c in self.familiar(u)} for u in users}
         novelty = load_model(variant.spec, variant.novelty, False)
         relevance = load_model(variant.spec, variant.relevance, False) if variant.judge else None
-        console.log(
-            f"{variant.name}: {len(users)} users share {len(unique)} serving keys; "
-            f"sampling {opt.n} clusters per key"
-        )
-        cands = key_candidates(
-            w, unique, novelty, relevance, self.prompter, n=opt.n,
-            temperature=opt.temperature, seed=seed, use_dsie=variant.use_dsie,
-            judge=variant.judge, reserve=variant.reserve,
+        console.log(f"{variant.name}: {len(users)} users, {opt.n} Novelty draws each")
+        cands = user_candidates(
+            w, ctx, familiar, novelty, relevance, self.prompter, n=opt.n,
+            temperature=opt.temperature, seed=seed, judge=variant.judge, reserve=variant.reserve,
         )  # fmt: skip
-        t2 = time.time()
+        return cands
+
+    def recommend(
+        self, users: np.ndarray, variant: Variant, opt: ServeOptions, k: int, seed: int,
+        weights: Weights | None = None,
+    ) -> dict:  # fmt: skip
+        """{"lists": {user: RECORD array}, "seconds": per stage}."""
+        t0 = time.time()
+        cands = self.candidates(users, variant, opt, seed)
+        t1 = time.time()
         lists = self.rank_inside(
-            users, lambda u: cands[keys[u]], k, opt.top_m, opt.explore_ratio, variant.use_dsie
+            users, lambda u: cands[u], k, opt.top_m, opt.explore_ratio, variant.use_dsie, weights
         )
-        t3 = time.time()
-        return {
-            "lists": lists,
-            "keys": len(unique),
-            "seconds": {"keys": t1 - t0, "llm": t2 - t1, "lists": t3 - t2},
-        }
+        t2 = time.time()
+        return {"lists": lists, "candidates": cands, "seconds": {"llm": t1 - t0, "lists": t2 - t1}}

@@ -11,12 +11,33 @@ reserve cluster taken in the Novelty LLM's order ("reserve"), or DSIE's fill ("f
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from coea_cli.recs.candidates import Candidate
 
 SOURCES = ("draw", "reserve", "fill")
 DRAW, RESERVE, FILL = range(3)
+
+
+@dataclass(frozen=True)
+class Weights:
+    """One ranking of the explore slots from the three signals: an item i of a drawn cluster c
+    scores novelty x log p_novelty(c) + relevance x logit P(Yes | c) + DSIE's score of i
+    (an unjudged cluster's logit counts 0). Chosen on a validation period by `recommend`."""
+
+    novelty: float
+    relevance: float
+
+    def cluster_score(self, c: Candidate) -> float:
+        logit = 0.0
+        if np.isfinite(c.relevance):
+            r = min(max(c.relevance, 1e-6), 1 - 1e-6)
+            logit = float(np.log(r / (1 - r)))
+        return self.novelty * float(np.log(max(c.novelty, 1e-12))) + self.relevance * logit
+
+
 RECORD = np.dtype([("item", "<i4"), ("score", "<f4"), ("cluster", "<i4"), ("source", "u1")])
 
 
@@ -31,18 +52,30 @@ def user_list(
     k: int,
     top_m: int,
     explore_ratio: float,
+    weights: Weights | None = None,
 ) -> np.ndarray:
-    """One user's list as a RECORD array (at most k rows). `scores`: [N] item scores."""
+    """One user's list as a RECORD array (at most k rows). `scores`: [N] item scores.
+
+    Without `weights`: the first `top_m` unfamiliar candidates give the explore pool, ranked by
+    `scores`. With `weights`: every unfamiliar draw's items are ranked together by
+    `Weights`, and only slots they cannot fill go to the reserve (first `top_m` clusters)."""
     s = scores.astype(np.float64).copy()
     s[seen] = -np.inf
-    picked = [c for c in candidates if c.cluster[0] not in familiar][:top_m]
-    source = {c.cluster[0]: RESERVE if c.reserve else DRAW for c in picked}
+    open_ = [c for c in candidates if c.cluster[0] not in familiar]
     n_explore = round(k * explore_ratio)
     chosen: list[tuple[int, int]] = []
+    if weights is not None and n_explore > 0:
+        draws = [c for c in open_ if not c.reserve]
+        bonus = {c.cluster[0]: weights.cluster_score(c) for c in draws}
+        top = _ranked(s, bonus, items_of_cluster, item_cluster, n_explore)
+        chosen += [(int(i), DRAW) for i in top]
+        s[top] = -np.inf
+        open_ = [c for c in open_ if c.reserve]
+    picked = open_[:top_m]
+    source = {c.cluster[0]: RESERVE if c.reserve else DRAW for c in picked}
+    n_explore -= len(chosen)
     if picked and n_explore > 0:
-        pool = np.concatenate([items_of_cluster.get(c, np.zeros(0, np.int64)) for c in source])
-        pool = pool[np.isfinite(s[pool])]
-        top = pool[np.argsort(-s[pool], kind="stable")[:n_explore]]
+        top = _ranked(s, dict.fromkeys(source, 0.0), items_of_cluster, item_cluster, n_explore)
         chosen += [(int(i), source[int(item_cluster[i])]) for i in top]
         s[top] = -np.inf
     rest = k - len(chosen)
@@ -54,6 +87,16 @@ def user_list(
     for r, (i, src) in enumerate(chosen):
         out[r] = (i, scores[i], item_cluster[i], src)
     return out
+
+
+def _ranked(s, bonus: dict[int, float], items_of_cluster, item_cluster, n: int) -> np.ndarray:
+    """The n best unseen items of the clusters in `bonus`, by score + their cluster's bonus."""
+    if not bonus:
+        return np.zeros(0, dtype=np.int64)
+    pool = np.concatenate([items_of_cluster.get(c, np.zeros(0, np.int64)) for c in bonus])
+    pool = pool[np.isfinite(s[pool])]
+    value = s[pool] + np.array([bonus[int(c)] for c in item_cluster[pool]], dtype=np.float64)
+    return pool[np.argsort(-value, kind="stable")[:n]]
 
 
 def clusters_to_items(item_cluster: np.ndarray) -> dict[int, np.ndarray]:

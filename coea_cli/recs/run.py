@@ -12,7 +12,8 @@ from coea_cli.common import Ctx
 from coea_cli.errors import BadInput
 from coea_cli.options import RecommendOptions
 from coea_cli.recs.engine import Engine, track_variant
-from coea_cli.recs.lists import RECORD, SOURCES
+from coea_cli.recs.lists import RECORD, SOURCES, Weights
+from coea_cli.recs.tune import choose, name_of
 from coea_cli.workspace import Dir, Workspace
 
 
@@ -52,25 +53,28 @@ def run_recommend(ctx: Ctx[RecommendOptions]) -> dict:
     if o.user is not None:
         return lookup(ws, str(o.user), out)
     variant = track_variant(ws, ws.track(o.track), ctx.device, ctx.seed, o.round)
-    before = ws.dataset()["test_period"] if o.before_period is None else o.before_period
+    before = int(ws.dataset()["test_period"] if o.before_period is None else o.before_period)
     inputs = [ws.data.require("interactions"), ws.sids_dir.require("sids")]
     inputs += [ws.groups_dir.require("groups"), ws.dsie().require("model")]
     inputs += [ws.dsie().require("states"), variant.novelty, variant.relevance]
+    if o.fixed_weights() is None and before > 1:  # auto: validated with the DSIE of before - 1
+        inputs.append(ws.dsie(ws.dsie_name(before - 1)).require("model"))
     st = ctx.stage(out.path, inputs)
     if ctx.fresh(st):
         return {"status": "up to date", **store.read_json(out.file("report"))}
     t0 = time.time()
+    weights, validation = serving_weights(ws, o, int(before), ctx.device, ctx.seed)
     engine = Engine(ws, int(before), ctx.device)
     users = np.arange(engine.world.n_users, dtype=np.int64)
     if shard is not None:
         users = users[users % shard[1] == shard[0]]
-    result = engine.recommend(users, variant, o, o.k, ctx.seed)
+    result = engine.recommend(users, variant, o, o.k, ctx.seed, weights)
     t1 = time.time()
     report = {
         "users": len(users),
-        "unique_keys": result["keys"],
-        "keys_per_user": result["keys"] / max(1, len(users)),
         "variant": variant.name,
+        "weights": name_of(weights),
+        "validation": validation,
         "novelty": variant.novelty.relative_to(ws.root).as_posix(),
         "relevance": variant.relevance.relative_to(ws.root).as_posix(),
         "before_period": int(before),
@@ -87,10 +91,20 @@ def run_recommend(ctx: Ctx[RecommendOptions]) -> dict:
         report["users_per_second"] = len(users) / max(1e-9, t1 - t0)
         store.write_json(out.file("report", tmp), report)
     console.log(
-        f"recommended {o.k} items to {len(users):,} users from {result['keys']:,} serving keys "
-        f"in {report['seconds']['total']:.1f} s"
+        f"recommended {o.k} items to {len(users):,} users in {report['seconds']['total']:.1f} s "
+        f"(ranking: {report['weights']})"
     )
     return {"status": "written", **report}
+
+
+def serving_weights(ws: Workspace, o: RecommendOptions, before: int, device: str, seed: int):
+    """--weights: chosen on the period before `before` (auto), or as given."""
+    fixed = o.fixed_weights()
+    if fixed == "top-m":
+        return None, {"note": "--weights top-m"}
+    if fixed is not None:
+        return Weights(*fixed), {"note": f"--weights {o.weights}"}
+    return choose(ws, ws.track(o.track), before, o, device, seed)
 
 
 def _table(lists: dict) -> pa.Table:

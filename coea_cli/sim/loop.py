@@ -67,6 +67,7 @@ class Job:
     k: int
     users: np.ndarray  # the simulated users
     serve: ServeOptions
+    weights: object  # recs.lists.Weights or None: what recommend chose
     mmr_lambda: float
     device: str
 
@@ -123,7 +124,7 @@ def recommend(job: Job, engine: Engine, p: int, item_emb: np.ndarray) -> np.ndar
     ws = engine.ws
     round_ = 0 if sysm.round0 else None
     variant = track_variant(ws, ws.track(sysm.track), job.device, job.seed, round_)
-    lists = engine.recommend(users, variant, job.serve, k, job.seed)["lists"]
+    lists = engine.recommend(users, variant, job.serve, k, job.seed, job.weights)["lists"]
     return rules.from_lists(lists, users, k)
 
 

@@ -14,6 +14,7 @@ from coea_cli.errors import BadInput
 from coea_cli.evaluation import systems as rules
 from coea_cli.options import SimOptions
 from coea_cli.recs.engine import Engine
+from coea_cli.recs.tune import named
 from coea_cli.sim import report
 from coea_cli.sim.loop import SYSTEMS, Job, run_job
 from coea_cli.sim.oracle import calibrate, fit_oracle
@@ -91,20 +92,24 @@ def _oracle(ws: Workspace, o: SimOptions, test: int, device: str, seed: int):
     return oracle, users, anchor
 
 
-def _job(system, seed, ws, tmp, test, o, users, serve, device) -> Job:
+def _job(system, seed, ws, tmp, test, o, users, serving, device) -> Job:
     root = tmp / "runs" / f"{system.key}-seed{seed}"
+    serve, weights = serving
     return Job(
-        system, seed, ws.root, root, test, o.periods, o.k, users, serve, o.mmr_lambda, device
-    )
+        system, seed, ws.root, root, test, o.periods, o.k, users, serve, weights, o.mmr_lambda,
+        device,
+    )  # fmt: skip
 
 
 def _serving(ws: Workspace):
-    """The serving options `recommend` used; the CoEA systems serve with them."""
+    """The serving options and ranking weights `recommend` used; the CoEA systems serve with
+    them."""
     from coea_cli.options import ServeOptions
 
     options = read_json(ws.recs().path / store.MANIFEST, "recommend").get("options", {})
     names = set(ServeOptions.__dataclass_fields__)
-    return ServeOptions(**{k: v for k, v in options.items() if k in names})
+    weights = named(read_json(ws.recs().require("report"), "recommend").get("weights", "top-m"))
+    return ServeOptions(**{k: v for k, v in options.items() if k in names}), weights
 
 
 def _run_jobs(jobs: list[Job], oracle, workers: int) -> list[dict]:
