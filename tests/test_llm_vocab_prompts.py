@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 from hypothesis import given
@@ -150,3 +152,35 @@ def test_sid_rows_on_spare_embedding_rows_are_initialised(tmp_path):
     dev = (w[ids] - mean).abs()
     assert (dev <= 0.5 * std + 1e-6).all()  # noise of 0.1 std: far below 5 std
     assert not torch.isclose(w[ids], torch.full_like(w[ids], 50.0)).any()
+
+
+def test_chat_template_backbones_get_chat_prompts(tmp_path):
+    """A backbone whose tokenizer has a chat template gets each prompt as a user turn plus the
+    start of the assistant's turn; the last line (the answer cue) stays last, so Yes/No are
+    read off exactly as with plain prompts. Without a template prompts are unchanged."""
+    import numpy as np
+
+    from coea_cli.llm.context import Context, Prompter, World
+    from coea_cli.workspace import History
+
+    empty = np.zeros(0, np.int64)
+    world = World(History(empty, empty, empty, empty, 1, 3, 1), np.array([0, 1, 2]), 3,
+                  DESCRIBE, np.zeros(1, np.int64), {0: "night owls"})  # fmt: skip
+    ctx = Context(0, "night owls", [(1,)], [(1,), (2,)])
+    plain = tmp_path / "plain"
+    save_base(plain)
+    chat = tmp_path / "chat"
+    save_base(chat)
+    cfg = json.loads((chat / "tokenizer_config.json").read_text())
+    cfg["chat_template"] = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    (chat / "tokenizer_config.json").write_text(json.dumps(cfg))
+    a, b = Prompter(world), Prompter(world, backbone=plain)
+    assert a.relevance(ctx, (0,)) == b.relevance(ctx, (0,))  # no template: unchanged
+    c = Prompter(world, backbone=chat)
+    text = c.relevance(ctx, (0,))
+    head, last = a.relevance(ctx, (0,)).rsplit("\n", 1)
+    assert text == f"<|im_start|>user\n{head}<|im_end|>\n<|im_start|>assistant\n{last}"
+    assert text.endswith("Answer:") and c.novelty(ctx).endswith("Next novel interest:")

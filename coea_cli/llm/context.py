@@ -129,10 +129,13 @@ class Prompter:
     """Renders Novelty and Relevance prompts with the workspace's cluster descriptions.
 
     Prompts are kept near 130 tokens (persona and descriptions truncated): on CPU the cost of
-    every round is proportional to prompt length.
+    every round is proportional to prompt length. With the backbone folder of a tokenizer that
+    has a chat template (an instruction-tuned `--base-model`), each prompt becomes a user turn
+    (every line but the last) and the start of the assistant's turn (the last line, such as
+    "Answer:"), so the answer tokens follow exactly as in a plain prompt.
     """
 
-    def __init__(self, world: World, template_dir=None):
+    def __init__(self, world: World, template_dir=None, backbone=None):
         from coea_cli.llm.prompts import PromptLimits, load_templates
 
         self.world = world
@@ -140,28 +143,63 @@ class Prompter:
         self.limits = PromptLimits(
             max_recent=4, max_familiar=16, max_desc_chars=40, max_persona_chars=120
         )
+        self.chat = _chat_template(backbone)
+
+    def _wrap(self, text: str) -> str:
+        if self.chat is None:
+            return text
+        head, _, last = text.rpartition("\n")
+        return self.chat(head) + last
 
     def novelty(self, ctx: Context) -> str:
         from coea_cli.llm.prompts import novelty_prompt
 
-        return novelty_prompt(
-            ctx.persona,
-            ctx.recent,
-            ctx.familiar,
-            self.world.describe,
-            templates=self.templates,
-            limits=self.limits,
+        return self._wrap(
+            novelty_prompt(
+                ctx.persona,
+                ctx.recent,
+                ctx.familiar,
+                self.world.describe,
+                templates=self.templates,
+                limits=self.limits,
+            )
         )
 
     def relevance(self, ctx: Context, cluster: Cluster) -> str:
         from coea_cli.llm.prompts import relevance_prompt
 
-        return relevance_prompt(
-            ctx.persona,
-            ctx.recent,
-            ctx.familiar,
-            cluster,
-            self.world.describe,
-            templates=self.templates,
-            limits=self.limits,
+        return self._wrap(
+            relevance_prompt(
+                ctx.persona,
+                ctx.recent,
+                ctx.familiar,
+                cluster,
+                self.world.describe,
+                templates=self.templates,
+                limits=self.limits,
+            )
         )
+
+
+def _chat_template(backbone):
+    """A function user text -> chat-formatted text up to the assistant's turn, when the
+    backbone's tokenizer has a chat template; else None."""
+    if backbone is None:
+        return None
+    from pathlib import Path
+
+    path = Path(backbone)
+    if not (path / "tokenizer_config.json").is_file():
+        return None
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+    if not getattr(tok, "chat_template", None):
+        return None
+
+    def chat(text: str) -> str:
+        return tok.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        )
+
+    return chat

@@ -44,7 +44,7 @@ def advance(
             relevance = metrics["relevance_path"] if metrics["accepted"] else cur["relevance"]
         if report_test:
             model, tok = load_model(spec, Path(track.root) / novelty, False)
-            prompter = Prompter(world, o.template_dir)
+            prompter = Prompter(world, o.template_dir, spec.backbone)
             metrics["test"] = report_on_test_period(world, model, tok, prompter, use_dsie=o.dsie)
         store.write_json(track.round_file(k, "metrics", tmp), metrics)
     verdict = "accepted" if metrics["accepted"] else "rejected: previous adapters stay current"

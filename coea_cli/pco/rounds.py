@@ -71,7 +71,7 @@ class RoundBase:
 
     def __post_init__(self) -> None:
         self.clusters = self.world.clusters()
-        self.prompter = Prompter(self.world, self.opt.template_dir)
+        self.prompter = Prompter(self.world, self.opt.template_dir, self.spec.backbone)
         self.seed = self.spec.seed
         self.t0 = time.time()
 

@@ -45,6 +45,7 @@ def serving_record(ws: Workspace, o: PcoOptions, backbone: Path) -> Serving:
         lora_alpha=LORA_ALPHA,
         sid_version=ws.sids().version,
         context=context_name(o),
+        template_dir=o.template_dir,
     )
 
 
@@ -65,6 +66,12 @@ def start_state(ws: Workspace, track: Track, context: str) -> dict | None:
     return None
 
 
+SAME_TRAINING = (
+    "base_model", "backbone_fingerprint", "quant", "lora_r", "sid_version", "context",
+    "template_dir",
+)  # fmt: skip
+
+
 def check_same_training(state: dict | None, new: Serving, track: Track) -> None:
     """A track's rounds all train on one backbone, quantisation, LoRA shape and SID version;
     continuing with other settings would fine-tune adapters against a model they do not fit."""
@@ -73,7 +80,7 @@ def check_same_training(state: dict | None, new: Serving, track: Track) -> None:
     old = Serving.from_dict(state["serving"], track.state_path())
     changed = [
         f"{k}: {getattr(old, k)} -> {getattr(new, k)}"
-        for k in ("base_model", "backbone_fingerprint", "quant", "lora_r", "sid_version", "context")
+        for k in SAME_TRAINING
         if getattr(old, k) != getattr(new, k)
     ]
     if changed:

@@ -32,6 +32,7 @@ class Variant:
     use_dsie: bool = True  # persona + long-term context in prompts, DSIE item ranking
     judge: bool = True  # Relevance best-of-n over the draws (off: the Novelty LLM alone)
     reserve: bool = True  # follow the draws with every other allowed cluster
+    template_dir: str | None = None  # the prompt templates the track was trained with
 
 
 def track_variant(
@@ -55,7 +56,8 @@ def track_variant(
             raise BadInput(f"--round {round_}: track {track.name} has no round {round_}")
         label = f"{track.name}@{round_}"
     novelty, relevance = ws.root / entry["novelty"], ws.root / entry["relevance"]
-    return Variant(name or label, novelty, relevance, spec, use_dsie, judge, reserve)
+    templates = state["serving"].get("template_dir")
+    return Variant(name or label, novelty, relevance, spec, use_dsie, judge, reserve, templates)
 
 
 class Engine:
@@ -70,7 +72,6 @@ class Engine:
         self.ws = ws
         self.world = world or World.load(ws)
         self.before = before_period
-        self.prompter = Prompter(self.world)
         self.history = self.world.history.before(before_period)
         if dsie is None:
             self.dsie_name = ws.dsie_name(before_period)
@@ -139,8 +140,9 @@ class Engine:
         novelty = load_model(variant.spec, variant.novelty, False)
         relevance = load_model(variant.spec, variant.relevance, False) if variant.judge else None
         console.log(f"{variant.name}: {len(users)} users, {opt.n} Novelty draws each")
+        prompter = Prompter(w, variant.template_dir, variant.spec.backbone)
         cands = user_candidates(
-            w, ctx, familiar, novelty, relevance, self.prompter, n=opt.n,
+            w, ctx, familiar, novelty, relevance, prompter, n=opt.n,
             temperature=opt.temperature, seed=seed, judge=variant.judge, reserve=variant.reserve,
         )  # fmt: skip
         return cands

@@ -43,11 +43,12 @@ class Serving:
     lora_alpha: int
     sid_version: str
     context: str  # "full" (persona + whole history) or "recent" (--no-dsie: recent window)
+    template_dir: str | None = None  # the prompt templates (None: the packaged ones)
 
     @classmethod
     def from_dict(cls, d: dict, path: Path) -> Serving:
         try:
-            return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+            return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
         except (KeyError, TypeError):
             raise ArtifactError(
                 path, "pco-round", "records no complete serving settings (an older workspace?)"
