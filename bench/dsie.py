@@ -35,29 +35,25 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from coea_cli.dsie.data import pipeline_split, training_windows
-from coea_cli.dsie.keys import encode_histories, load_tables
+from coea_cli.dsie.infer import encode_histories
 from coea_cli.dsie.model import DSIE, DSIEConfig
 from coea_cli.dsie.train import TrainConfig, Trainer
-from coea_cli.groups.run import load_groups, load_item_codes
+from coea_cli.options import DsieOptions
+from coea_cli.workspace import Workspace
 
 
 def build(work: Path, device: str, backend: str = "auto"):
-    tables = load_tables(work)
-    _, persona = load_groups(work, tables.n_users)
-    codes = load_item_codes(work, tables.n_items)
-    split = pipeline_split(tables.sequences(tables.test_period))
-    cfg = DSIEConfig(
-        n_items=tables.n_items,
-        code_sizes=[int(c) + 1 for c in codes.max(axis=0)],
-        levels=codes.shape[1] - 1,
-        n_groups=len(persona),
-        persona_dim=persona.shape[1],
-        backend=backend,
-    )
+    """The default model (train-dsie's defaults) on the pipeline split of a workspace."""
+    ws = Workspace(work)
+    h, sids, persona = ws.history(), ws.sids(), ws.persona_embeddings()
+    groups = ws.groups().at(h.test_period)
+    split = pipeline_split(h.before(h.test_period))
+    opts = DsieOptions(backend=backend)
+    cfg = DSIEConfig.from_options(opts, h.n_items, sids.layout, persona.shape)
     torch.manual_seed(0)
-    model = DSIE(cfg, torch.as_tensor(codes), torch.as_tensor(persona)).to(device)
+    model = DSIE(cfg, torch.as_tensor(sids.codes), torch.as_tensor(persona)).to(device)
     windows = training_windows(split.train, cfg.long_len)
-    return tables, split, model, windows
+    return h, groups, split, model, windows
 
 
 def _no_eval(model) -> dict:
@@ -66,16 +62,17 @@ def _no_eval(model) -> dict:
 
 def cpu_throughput(work: Path, threads: int) -> dict:
     torch.set_num_threads(threads)
-    tables, _, model, windows = build(work, "cpu")
-    trainer = Trainer(model, windows, tables.groups, TrainConfig(), _no_eval, label="bench")
+    h, groups, _, model, windows = build(work, "cpu")
+    cfg = TrainConfig.from_options(DsieOptions(), seed=0)
+    trainer = Trainer(model, windows, groups, cfg, _no_eval, label="bench")
     wall, cpu = time.perf_counter(), time.process_time()
     stats = trainer.train_epoch()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     targets = int((windows.lengths() - 1).sum())
     t0 = time.perf_counter()
-    users = np.arange(tables.n_users)
-    seqs = tables.sequences(tables.test_period)
-    encode_histories(model, [seqs.of(u) for u in users], users, tables.groups)
+    users = np.arange(h.n_users)
+    seqs = h.before(h.test_period)
+    encode_histories(model, [seqs.of(u) for u in users], users, groups)
     enc = time.perf_counter() - t0
     return {
         "threads": threads,
@@ -95,10 +92,9 @@ def cpu_throughput(work: Path, threads: int) -> dict:
 def gpu_epochs(work: Path, repeats: int = 3) -> dict:
     out = {"device": torch.cuda.get_device_name()}
     for backend in ("torch", "triton"):
-        tables, _, model, windows = build(work, "cuda", backend)
-        trainer = Trainer(
-            model, windows, tables.groups, TrainConfig(), _no_eval, device="cuda", label=backend
-        )
+        _, groups, _, model, windows = build(work, "cuda", backend)
+        cfg = TrainConfig.from_options(DsieOptions(), seed=0)
+        trainer = Trainer(model, windows, groups, cfg, _no_eval, device="cuda", label=backend)
         trainer.train_epoch()  # warm-up (Triton compilation, allocator)
         times = []
         for _ in range(repeats):
@@ -160,7 +156,35 @@ def quality(work: Path, extra: list[str], seeds: list[int], jobs: int) -> dict:
             f"{name:52s} {r['hr@10_mean']:7.4f} +- {r['hr@10_sd']:.4f} "
             f"{r['ndcg@10_mean']:7.4f} +- {r['ndcg@10_sd']:.4f} {ep:7.1f} {secs:8.1f}"
         )
-    return {"protocol": protocol, "seeds": seeds, "rows": rows, "seconds": round(seconds, 1)}
+    paired = paired_difference(
+        rows, "DSIE (these options)", "short-only (SASRec, last short-len items)"
+    )
+    if paired:
+        print(
+            f"DSIE minus short-only, NDCG@10 paired over seeds: {paired['mean']:+.4f} "
+            f"(95% t interval {paired['ci95'][0]:+.4f} to {paired['ci95'][1]:+.4f}, "
+            f"{paired['seeds']} seeds)"
+        )
+    return {
+        "protocol": protocol,
+        "seeds": seeds,
+        "rows": rows,
+        "dsie_minus_short_only": paired,
+        "seconds": round(seconds, 1),
+    }
+
+
+def paired_difference(rows: dict, a: str, b: str, key: str = "ndcg@10") -> dict | None:
+    """Mean of a - b over seeds (same seed = same split and initialisation) with a 95% t
+    interval."""
+    if a not in rows or b not in rows or len(rows[a][key]) < 2:
+        return None
+    from scipy.stats import t
+
+    d = np.array(rows[a][key]) - np.array(rows[b][key])
+    half = t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    return {"mean": float(d.mean()), "ci95": [float(d.mean() - half), float(d.mean() + half)],
+            "seeds": len(d), "per_seed": d.tolist()}  # fmt: skip
 
 
 def _wait(proc: subprocess.Popen) -> None:
