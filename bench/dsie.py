@@ -156,20 +156,21 @@ def quality(work: Path, extra: list[str], seeds: list[int], jobs: int) -> dict:
             f"{name:52s} {r['hr@10_mean']:7.4f} +- {r['hr@10_sd']:.4f} "
             f"{r['ndcg@10_mean']:7.4f} +- {r['ndcg@10_sd']:.4f} {ep:7.1f} {secs:8.1f}"
         )
-    paired = paired_difference(
-        rows, "DSIE (these options)", "short-only (SASRec, last short-len items)"
-    )
-    if paired:
-        print(
-            f"DSIE minus short-only, NDCG@10 paired over seeds: {paired['mean']:+.4f} "
-            f"(95% t interval {paired['ci95'][0]:+.4f} to {paired['ci95'][1]:+.4f}, "
-            f"{paired['seeds']} seeds)"
-        )
+    paired = {}
+    for label, other in (("short-only", "short-only (SASRec, last short-len items)"),
+                         ("no-group", "DSIE --no-group")):  # fmt: skip
+        d = paired_difference(rows, "DSIE (these options)", other)
+        if d:
+            paired[f"dsie_minus_{label}"] = d
+            print(
+                f"DSIE minus {label}, NDCG@10 paired over seeds: {d['mean']:+.4f} "
+                f"(95% t interval {d['ci95'][0]:+.4f} to {d['ci95'][1]:+.4f}, {d['seeds']} seeds)"
+            )
     return {
         "protocol": protocol,
         "seeds": seeds,
         "rows": rows,
-        "dsie_minus_short_only": paired,
+        "paired": paired,
         "seconds": round(seconds, 1),
     }
 
