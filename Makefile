@@ -13,6 +13,7 @@ export COEA_CACHE ?= $(CURDIR)/.cache/coea
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	$(PY) -m coea_cli.data.fetch  # the embedded MovieLens-100K, so that prepare works offline
 	@touch $(STAMP)
 
 install: $(STAMP)

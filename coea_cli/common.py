@@ -73,6 +73,7 @@ class Ctx(Generic[OptionsT]):
             seed=self.seed,
             root=self.work,
             started=self.started,
+            lineage=self.ws.lineage(inputs),
         )
 
     def fresh(self, st: Stage) -> bool:

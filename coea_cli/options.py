@@ -315,9 +315,11 @@ class TokenizeOptions(Options):
 class SidOptions(Options):
     """Quantise item vectors into L levels of codes plus a dedup level: one unique SID per item.
 
-    Reads items/item_emb.safetensors and data/; writes sids/sids.parquet (the SID layout in
-    its metadata), rqvae.safetensors, clusters.parquet and report.json. The level-1 code is an
-    item's interest cluster.
+    Reads items/item_emb.safetensors and data/; writes sids/sids.parquet (the SID layout, the
+    SID version and its revision in its metadata), rqvae.safetensors, clusters.parquet and
+    report.json. The level-1 code is an item's interest cluster. Run again after new items
+    arrive (prepare --append, tokenize-items): they are encoded with the trained quantiser and
+    every existing SID is kept (same version, next revision); --rebuild starts over.
     """
 
     method: SidMethod = opt(
@@ -361,6 +363,13 @@ class SidOptions(Options):
     )
     rebalance_candidates: int = opt(
         16, "Last-level codes (nearest to an item's residual) it may move to.", ge=1
+    )
+    rebuild: bool = opt(
+        False,
+        "Build every SID anew (a new SID version: models trained on the old one must be "
+        "retrained). Without it, items added since the last build get SIDs from the trained "
+        "quantiser and every existing SID is kept.",
+        recorded=False,
     )
 
     def check(self) -> None:
@@ -533,6 +542,12 @@ class DsieOptions(Options):
     )
     out: str | None = opt(
         None, "Output folder name in the workspace (default dsie, dsie-before-K or dsie-loo)."
+    )
+    init_from: str | None = opt(
+        None,
+        "Start from the weights of this DSIE folder (e.g. dsie) instead of from scratch: "
+        "the weekly fine-tune of the cron loop. Items added since keep their old rows' "
+        "company: a new item starts from its SID codes' embeddings.",
     )
     resume: bool = opt(
         False,
@@ -713,6 +728,11 @@ class RecommendOptions(ServeOptions):
     before_period: int | None = opt(
         None, "Serve as of the start of this period (default: the test period).", ge=1
     )
+    latest: bool = opt(
+        False,
+        "Serve as of the end of the log, the newest period included (the cron loop's "
+        "setting; the default serves as of the test period, for evaluation).",
+    )
     shard: str | None = opt(
         None,
         "Compute only users with user_id % N == I (I/N), into recs/shards/I-of-N/, so a "
@@ -722,6 +742,8 @@ class RecommendOptions(ServeOptions):
     def check(self) -> None:
         super().check()
         self.shard_spec()
+        if self.latest and self.before_period is not None:
+            raise BadInput("give --latest or --before-period, not both")
 
     def shard_spec(self) -> tuple[int, int] | None:
         if not self.shard:

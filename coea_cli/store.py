@@ -278,6 +278,7 @@ class Stage:
     root: Path | None = None
     started: float = field(default_factory=time.time)
     extra: dict = field(default_factory=dict)
+    lineage: dict = field(default_factory=dict)  # versions of the inputs (SIDs, data)
     tmp: Path | None = None
     _hashes: dict | None = None
 
@@ -339,6 +340,7 @@ class Stage:
             "argv": sys.argv,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
             "seconds": round(time.time() - self.started, 3),
+            **({"lineage": self.lineage} if self.lineage else {}),
             **self.extra,
         }
 

@@ -485,3 +485,34 @@ def test_group_loss_separates_groups():
     model.train()
     assert model.cfg.dropout == 0.0  # so the train-mode loss equals the eval-mode states
     assert float(out["group"]) == pytest.approx(float(expected), rel=1e-4)
+
+
+# ---------------------------------------------------------------- items added later
+
+
+@pytest.mark.parametrize("item_embedding", [True, False])
+def test_grow_keeps_what_the_old_model_knew(item_embedding):
+    """A DSIE grown to more items encodes every old history and scores every old item exactly
+    as the model it grew from; a new item's own row starts at zero."""
+    from coea_cli.dsie.infer import grow
+
+    old = tiny_model(seed=int(np.random.default_rng().integers(1000)), n_items=30,
+                     item_embedding=item_embedding)  # fmt: skip
+    cfg = DSIEConfig.from_dict({**old.cfg.to_dict(), "n_items": 36})
+    g = torch.Generator().manual_seed(5)
+    extra = torch.stack([torch.randint(0, k, (6,), generator=g) for k in cfg.code_sizes], 1)
+    new = DSIE(cfg, torch.cat([old.codes, extra]), old.persona)
+    grow(old.state_dict(), new).eval()
+    if item_embedding:
+        np.testing.assert_array_equal(new.item_emb.weight[30:].detach(), 0)
+    rng = np.random.default_rng()
+    histories = [rng.integers(0, 30, rng.integers(1, 12)) for _ in range(5)]
+    users, groups = np.arange(5), rng.integers(0, 3, 5)
+    a = encode_histories(old, histories, users, groups)
+    b = encode_histories(new, histories, users, groups)
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-6)
+    with torch.no_grad():
+        s_old = scores(old, torch.as_tensor(a["fused"]))
+        s_new = scores(new, torch.as_tensor(b["fused"]))
+    np.testing.assert_allclose(s_old.numpy(), s_new[:, :30].numpy(), rtol=1e-5, atol=1e-5)

@@ -466,3 +466,53 @@ def test_profile_llm_noise_falls_back_to_template(tmp_path, grouped):
     assert all(row["source"] == "fallback" and "users" in row["persona"] for row in rows)
     report = json.loads((work / "groups" / "report.json").read_text())
     assert len(report["errors"]) == 4
+
+
+def test_new_users_join_groups_without_moving_the_old(tmp_path, grouped):
+    """A week with new users: every earlier placement, the numbering and the personas stay;
+    the new users get groups (by attributes before they have history)."""
+    import shutil
+
+    work = tmp_path / "w"
+    shutil.copytree(grouped, work)
+    before = pq.read_table(work / "groups" / "groups.parquet")
+    personas = pq.read_table(work / "groups" / "personas.parquet")
+    test = json.loads((work / "data" / "dataset.json").read_text())["test_period"]
+    inter = pq.read_table(work / "data" / "interactions.parquet")
+    last = int(inter["timestamp"].to_numpy().max())
+    items = pq.read_table(work / "data" / "items.parquet")["original_id"].to_pylist()
+    rng = np.random.default_rng()
+    rows = [
+        f"u{u},{items[rng.integers(len(items))]},{last + 1 + k}" for k, u in enumerate(range(5))
+    ]
+    rows += [f"n{k},{items[rng.integers(len(items))]},{last + 50 + k}" for k in range(4)]
+    log = tmp_path / "week.csv"
+    log.write_text("user,item,timestamp\n" + "\n".join(rows) + "\n")
+    users = tmp_path / "users.csv"
+    users.write_text(
+        "user,age,gender,occupation\n"
+        + "\n".join(f"n{k},{20 + 9 * k},{'MF'[k % 2]},student" for k in range(4))
+        + "\n"
+    )
+    r = coea("prepare", "--append", log, "--users", users, "--format", "table", "--work", work)
+    assert r.code == 0, r.stderr
+    r = coea("profile-groups", "--work", work, "--groups", 4, "--json")
+    assert r.code == 0, r.stderr
+    after = pq.read_table(work / "groups" / "groups.parquet")
+    old = after.filter(pa.compute.less_equal(after["period"], test))
+    old = old.filter(pa.compute.less(old["user_id"], before.num_rows // test))
+    assert old.sort_by([("period", "ascending"), ("user_id", "ascending")]).equals(
+        before.sort_by([("period", "ascending"), ("user_id", "ascending")])
+    )
+    new = after.filter(pa.compute.equal(after["period"], test + 1)).sort_by("user_id")
+    n_old = before.num_rows // test
+    assert new.num_rows == n_old + 4
+    prev = before.filter(pa.compute.equal(before["period"], test)).sort_by("user_id")
+    first = set(inter.filter(pa.compute.equal(inter["period"], 0))["user_id"].to_pylist())
+    for u in first:  # period-0 users keep their group
+        assert new["group"][u].as_py() == prev["group"][u].as_py()
+    assert set(new["group"].to_pylist()[n_old:]) <= set(range(4))
+    same = pq.read_table(work / "groups" / "personas.parquet")
+    assert same.select(["group", "persona", "size"]).equals(
+        personas.select(["group", "persona", "size"])
+    )

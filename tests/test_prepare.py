@@ -173,6 +173,24 @@ def test_embedded_ml100k_summary(tmp_path):
     assert "943 users, 1,682 items, 100,000 interactions (before filters)" in r.stderr
 
 
+def test_embedded_dataset_offline_without_cache(tmp_path, monkeypatch):
+    """An empty cache and no registry (pip replaced by one that fails, as offline) give one
+    message that says what to do, exit 2, and nothing written."""
+    import subprocess
+
+    monkeypatch.setenv("COEA_CACHE", str(tmp_path / "cache"))
+
+    def offline(cmd, **kw):
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution")
+
+    monkeypatch.setattr(subprocess, "run", offline)
+    r = coea("prepare", "--work", tmp_path / "w")
+    assert r.code == 2
+    assert "is not in the cache" in r.stderr and "make install" in r.stderr
+    assert "No matching distribution" in r.stderr
+    assert not (tmp_path / "w" / "data").exists()
+
+
 # ---------------------------------------------------------------- filters and periods
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -237,6 +238,40 @@ def test_serving_refuses_other_sids_backbone_or_track(trained, tmp_path):
     assert r.code == 2 and "no track 'nope' (tracks: main, nodsie, nokl)" in r.stderr
     r = coea(*args, "--track", "../x", "--work", trained)
     assert r.code == 2 and "--track" in r.stderr
+
+
+def test_serving_refuses_models_of_an_older_log(trained, tmp_path):
+    """A DSIE or adapters that have not caught up with the log are never served silently."""
+    args = ("recommend", "--k", 10, "--n", 4, "--force")
+    w = _copy(trained, tmp_path / "items")
+    _edit_json(w / "dsie" / "config.json", lambda c: c["model"].update(n_items=7))
+    r = coea(*args, "--work", w)
+    assert r.code == 2 and "DSIE covers 7 items" in r.stderr
+    assert "run `coea train-dsie --init-from dsie` first" in r.stderr
+    w = _copy(trained, tmp_path / "cutoff")
+    _edit_json(w / "dsie" / "config.json", lambda c: c.update(cutoff=1))
+    r = coea(*args, "--work", w)
+    assert r.code == 2 and "trained on the periods before 1" in r.stderr
+    assert "run `coea train-dsie` first" in r.stderr
+    w = _copy(trained, tmp_path / "rounds")
+
+    def back_to_round_zero(s):
+        s["round"], s["history"] = 0, s["history"][:1]
+        s["current"] = {k: s["history"][0][k] for k in ("novelty", "relevance")}
+
+    _edit_json(w / "pco" / "state.json", back_to_round_zero)
+    r = coea(*args, "--work", w)
+    assert r.code == 2 and "has run rounds up to 0" in r.stderr and "needs round 1" in r.stderr
+    assert "run `coea pco-round` first" in r.stderr
+    r = coea(*args, "--round", 0, "--work", w)  # an older round, asked for by name
+    assert r.code == 0, r.stderr
+    manifest = store.read_json(w / "recs" / "manifest.json")
+    sids = store.read_parquet(w / "sids" / "sids.parquet")
+    assert (
+        manifest["lineage"]["sid_version"]
+        == json.loads(sids.schema.metadata[b"coea.sids"])["version"]
+    )
+    assert manifest["lineage"]["data"]["test_period"] == 2
 
 
 def test_copied_workspace_is_up_to_date(trained, tmp_path):

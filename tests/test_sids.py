@@ -16,6 +16,7 @@ from coea_cli import store
 from coea_cli.errors import ArtifactError
 from coea_cli.options import SidOptions
 from coea_cli.sids import clusters, collisions, kmeans
+from coea_cli.sids.extend import extend as collisions_extend
 from coea_cli.sids.rqvae import RQConfig, rq_kmeans, train_rqvae
 from coea_cli.sids.run import auto_codebook_size, build_codes
 from coea_cli.workspace import SidLayout, Workspace, cluster_token
@@ -310,9 +311,14 @@ def test_build_sids_rerun_is_noop_and_deterministic(built, tmp_path):
     a = pq.read_table(work / "sids" / "sids.parquet")
     b = pq.read_table(other / "sids" / "sids.parquet")
     assert a.equals(b)
-    # --force reruns; another seed trains another model
-    r = coea("build-sids", "--work", other, "--seed", 1, "--json", *TINY)
+    # another seed would make another SID version: only on --rebuild, which trains it
+    before = (other / "sids" / "sids.parquet").read_bytes()
+    r = coea("build-sids", "--work", other, "--seed", 1, *TINY)
+    assert r.code == 2 and "built with seed=0" in r.stderr and "--rebuild" in r.stderr
+    assert (other / "sids" / "sids.parquet").read_bytes() == before
+    r = coea("build-sids", "--work", other, "--seed", 1, "--rebuild", "--json", *TINY)
     assert r.code == 0 and r.json()["status"] == "written"
+    assert Workspace(other).sids().version != Workspace(work).sids().version
 
 
 def test_build_sids_rq_kmeans(built, tmp_path):
@@ -377,3 +383,86 @@ def test_sids_without_layout_metadata_are_refused(built, tmp_path):
     pq.write_table(pq.read_table(path).replace_schema_metadata({}), path)
     with pytest.raises(ArtifactError, match="no valid SID layout metadata; run `coea build-sids`"):
         Workspace(other).sids()
+
+
+# ---------------------------------------------------------------- items added later
+
+
+def test_extend_keeps_rows_and_takes_the_next_free_dup():
+    existing = np.array([[1, 2, 0], [1, 2, 1], [3, 0, 0]])
+    codes, collided = collisions_extend(existing, np.array([[1, 2], [0, 0], [1, 2], [0, 0]]))
+    np.testing.assert_array_equal(codes[:3], existing)
+    np.testing.assert_array_equal(codes[3:], [[1, 2, 2], [0, 0, 0], [1, 2, 3], [0, 0, 1]])
+    assert collided.tolist() == [True, False, True, True]
+    assert len(np.unique(codes, axis=0)) == len(codes)
+
+
+@pytest.mark.parametrize("method", ["rqvae", "rq-kmeans"])
+def test_encode_gives_the_training_codes(built, tmp_path, method):
+    """The saved quantiser encodes the training vectors to the codes training gave them."""
+    from coea_cli.sids.extend import encode
+
+    work, _ = built
+    other = tmp_path / "w"
+    shutil.copytree(work / "data", other / "data")
+    shutil.copytree(work / "items", other / "items")
+    r = coea("build-sids", "--work", other, "--method", method, "--no-rebalance", *TINY)
+    assert r.code == 0, r.stderr
+    tensors, meta = store.read_tensors(other / "sids" / "rqvae.safetensors")
+    x = store.read_tensors(other / "items" / "item_emb.safetensors")[0]["fused"]
+    np.testing.assert_array_equal(encode(x, tensors, meta), Workspace(other).sids().codes[:, :-1])
+
+
+def test_build_sids_adds_new_items_and_keeps_every_sid(built, tmp_path):
+    from coea_cli.sids.extend import encode
+
+    work, _ = built
+    other = tmp_path / "w"
+    shutil.copytree(work, other)
+    old = pq.read_table(other / "sids" / "sids.parquet")
+    old_sids = Workspace(other).sids()
+    n = old.num_rows
+    new = tmp_path / "week.csv"
+    last = int(pq.read_table(other / "data" / "interactions.parquet")["timestamp"].to_numpy().max())
+    rows = [f"u1,new{k},{last + 10 + k}" for k in range(6)] + [f"brandnew,i3,{last + 20}"]
+    new.write_text("user,item,timestamp\n" + "\n".join(rows) + "\n")
+    r = coea("prepare", "--append", new, "--format", "table", "--work", other)
+    assert r.code == 0, r.stderr
+    # vectors: old rows unchanged; new ones near existing items, one an exact copy of item 7
+    emb = other / "items" / "item_emb.safetensors"
+    tensors = store.read_tensors(emb)[0]
+    x = tensors["fused"]
+    rng = np.random.default_rng()
+    extra = x[rng.integers(0, n, 6)] + rng.normal(0, 0.05, (6, x.shape[1])).astype(np.float32)
+    tensors_q, meta_q = store.read_tensors(other / "sids" / "rqvae.safetensors")
+    same = (encode(x, tensors_q, meta_q) == old_sids.codes[:, :-1]).all(1)
+    j = int(np.flatnonzero(same)[0])  # an item the rebalancer did not move
+    extra[0] = x[j]
+    x = np.concatenate([x, extra]).astype(np.float32)
+    store.write_tensors(emb, {"item_id": np.arange(n + 6, dtype=np.int32), "fused": x}, {})
+
+    r = coea("build-sids", "--work", other, "--json", *TINY)
+    assert r.code == 0, r.stderr
+    t = pq.read_table(other / "sids" / "sids.parquet")
+    assert t.num_rows == n + 6
+    assert t.slice(0, n).equals(old)  # every existing SID, byte for byte
+    sids = t["sid"].to_pylist()
+    assert len(set(sids)) == n + 6  # each new item one SID of its own
+    loaded = Workspace(other).sids()
+    assert loaded.version == old_sids.version and loaded.revision == 1
+    c = loaded.codes
+    np.testing.assert_array_equal(c[n, :-1], c[j, :-1])  # the copy collides with item j ...
+    assert c[n, -1] != c[j, -1]  # ... and is told apart at the dedup level
+    report = store.read_json(other / "sids" / "report.json")
+    added = report["additions"][-1]
+    assert added["items"] == 6 and added["revision"] == 1
+    assert 1 / 6 <= added["collision_rate_before_dedup"] <= 1
+    assert report["items"] == n + 6 and report["codebook_sizes"][-1] > c[:, -1].max()
+    sizes = pq.read_table(other / "sids" / "clusters.parquet")["size"].to_numpy()
+    np.testing.assert_array_equal(sizes, np.bincount(c[:, 0], minlength=len(sizes)))
+    # again: nothing to add; --rebuild starts a new version
+    r = coea("build-sids", "--work", other, "--json", *TINY)
+    assert r.code == 0 and r.json()["status"] == "up to date"
+    r = coea("build-sids", "--work", other, "--json", "--rebuild", *TINY)
+    assert r.code == 0 and r.json()["status"] == "written", r.stderr
+    assert Workspace(other).sids().revision == 0

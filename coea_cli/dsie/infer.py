@@ -17,7 +17,32 @@ from coea_cli.dsie.model import DSIE, DSIEConfig, scores
 from coea_cli.errors import ArtifactError
 from coea_cli.workspace import History, Workspace
 
-__all__ = ["encode_histories", "encode_users", "evaluate_ranking", "load_model", "scores"]
+__all__ = [
+    "encode_histories", "encode_users", "evaluate_ranking", "grow", "load_model", "scores",
+]  # fmt: skip
+
+
+def grow(old: dict, model: DSIE) -> DSIE:
+    """Start `model` (the current catalogue's shape) from the weights `old` of a DSIE trained
+    on fewer items: every tensor of the same shape is copied; item and code tables copy their
+    old rows, and a new item's own embedding row starts at zero, so it is represented by its
+    SID codes' embeddings until trained."""
+    import torch
+
+    state = model.state_dict()
+    with torch.no_grad():
+        for key, value in old.items():
+            if key not in state or key in ("codes", "persona"):
+                continue
+            target = state[key]
+            if target.shape == value.shape:
+                target.copy_(value)
+            elif target.dim() == value.dim() and target.shape[1:] == value.shape[1:]:
+                rows = min(len(target), len(value))
+                if key.startswith("item_emb"):
+                    target.zero_()
+                target[:rows] = value[:rows]
+    return model
 
 
 def load_model(ws: Workspace, name: str = "dsie", device: str = "cpu") -> DSIE:
@@ -32,6 +57,13 @@ def load_model(ws: Workspace, name: str = "dsie", device: str = "cpu") -> DSIE:
             f"trained on SID version {recorded}, the workspace has {ws.sids().version}",
         )
     cfg = DSIEConfig.from_dict(config["model"])
+    n_items = int(ws.dataset()["items"])
+    if cfg.n_items != n_items:
+        raise ArtifactError(
+            ws.dsie(name).file("config"),
+            f"train-dsie --init-from {name}",
+            f"DSIE covers {cfg.n_items} items, the workspace has {n_items} (items were added)",
+        )
     weights = ws.dsie_weights(name)
     model = DSIE(cfg, weights["codes"], weights.get("persona"))
     model.load_state_dict(weights)

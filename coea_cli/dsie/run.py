@@ -13,7 +13,7 @@ from coea_cli import console, store
 from coea_cli.common import Ctx
 from coea_cli.dsie.baselines import item_counts, popularity_metrics
 from coea_cli.dsie.data import Split, loo_split, pipeline_split, training_windows
-from coea_cli.dsie.infer import encode_histories, evaluate_ranking
+from coea_cli.dsie.infer import encode_histories, evaluate_ranking, grow
 from coea_cli.dsie.model import DSIE, DSIEConfig
 from coea_cli.dsie.train import TrainConfig, Trainer, fingerprint, init_distributed
 from coea_cli.errors import BadInput
@@ -39,6 +39,7 @@ class Inputs:
     codes: np.ndarray  # [N, L+1]
     sid_version: str
     cutoff: int  # pipeline protocol: nothing from this period on is read
+    init: dict | None = None  # weights to start from (--init-from)
 
 
 def run_train_dsie(ctx: Ctx[DsieOptions]) -> dict | None:
@@ -62,6 +63,7 @@ def _run(ctx: Ctx[DsieOptions], rank: int, world: int, device: str) -> dict | No
         raise BadInput(f"--cutoff {cutoff}: the last period is {test}")
     name = o.out or ("dsie-loo" if o.protocol == Protocol.loo else ws.dsie_name(cutoff))
     data = _inputs(ws, cutoff)  # missing artifacts / users without a group -> exit 2
+    data.init = _init_weights(ws, o.init_from, data.sid_version)
     out = ws.dsie(name)
     paths = [ws.data.require("interactions"), ws.data.require("dataset")]
     paths += [ws.sids_dir.require("sids"), ws.groups_dir.require("groups")]
@@ -122,6 +124,19 @@ def _inputs(ws: Workspace, cutoff: int) -> Inputs:
     return Inputs(ws.history(), groups, persona, sids.codes, sids.version, cutoff)
 
 
+def _init_weights(ws: Workspace, name: str | None, sid_version: str) -> dict | None:
+    """The weights of DSIE folder `name` (--init-from), trained on the same SID version."""
+    if name is None:
+        return None
+    recorded = ws.dsie_config(name).get("sid_version")
+    if recorded != sid_version:
+        raise BadInput(
+            f"--init-from {name}: trained on SID version {recorded}, sids/ holds {sid_version} "
+            "(after `build-sids --rebuild`, train from scratch)"
+        )
+    return ws.dsie_weights(name)
+
+
 def _split(protocol: Protocol, h: History, cutoff: int) -> tuple[Split, UserSequences]:
     """The split, and the sequences the written user states are computed from."""
     if protocol == Protocol.pipeline:
@@ -144,7 +159,10 @@ def _train_one(
 ) -> dict:  # fmt: skip
     """Build, train and evaluate one model; returns the model and its metrics."""
     torch.manual_seed(train_cfg.seed)
-    model = DSIE(model_cfg, torch.as_tensor(data.codes), torch.as_tensor(data.persona)).to(device)
+    model = DSIE(model_cfg, torch.as_tensor(data.codes), torch.as_tensor(data.persona))
+    if data.init is not None:
+        grow(data.init, model)
+    model = model.to(device)
     windows = training_windows(split.train, model_cfg.long_len)
     if len(windows) == 0:
         raise BadInput("no user has two training interactions: nothing to train on")

@@ -41,12 +41,16 @@ def age_label(age: float) -> str:
     return "unknown"
 
 
-def attribute_columns(users, n_users: int) -> dict[str, np.ndarray]:
+def attribute_columns(
+    users, n_users: int, basis: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """Usable user attributes as string labels, one array [U] per column (in user_id order).
 
     Strings and booleans are categories; `age` is bucketed as in MovieLens-1M; other numbers
     go into quartile bins; missing values become "unknown"; columns with more than
-    MAX_CATEGORIES distinct values (zip codes, free text) are left out.
+    MAX_CATEGORIES distinct values (zip codes, free text) are left out. Quartiles and the
+    category counts use the users in `basis` (all for None), so users who arrive later change
+    nothing for the others.
     """
     if users is None or users.num_rows == 0:
         return {}
@@ -66,19 +70,21 @@ def attribute_columns(users, n_users: int) -> dict[str, np.ndarray]:
         if numeric and name.lower() == "age":
             col = [age_label(v) if v is not None else "unknown" for v in values]
         elif numeric:
-            col = _quartile_labels(name, values)
+            col = _quartile_labels(name, values, None if basis is None else basis[ids])
         else:
             col = [str(v) if v is not None and str(v) != "" else "unknown" for v in values]
         labels[ids] = col
-        if len(set(col)) < 2 or len(set(col)) > MAX_CATEGORIES:
+        seen = set(col) if basis is None else {c for c, b in zip(col, basis[ids], strict=True) if b}
+        if len(seen) < 2 or len(seen) > MAX_CATEGORIES:
             continue
         out[name] = labels
     return out
 
 
-def _quartile_labels(name: str, values: list) -> list[str]:
+def _quartile_labels(name: str, values: list, basis: np.ndarray | None = None) -> list[str]:
     x = np.array([np.nan if v is None else float(v) for v in values])
-    edges = np.unique(np.nanquantile(x, [0.0, 0.25, 0.5, 0.75, 1.0]))
+    ref = x if basis is None or not basis.any() else x[basis]
+    edges = np.unique(np.nanquantile(ref, [0.0, 0.25, 0.5, 0.75, 1.0]))
     if len(edges) < 2:
         return ["unknown" if np.isnan(v) else f"{name} {v:g}" for v in x]
     bins = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, len(edges) - 2)
@@ -171,15 +177,23 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     return np.where(norm > 0, x / np.maximum(norm, 1e-12), 0.0).astype(np.float32)
 
 
-def one_hot_attributes(attrs: dict[str, np.ndarray], n_users: int) -> np.ndarray:
-    """One-hot attributes [U, sum of categories], scaled so each row has unit norm."""
+def one_hot_attributes(
+    attrs: dict[str, np.ndarray], n_users: int, vocab_of: np.ndarray | None = None
+) -> np.ndarray:
+    """One-hot attributes [U, sum of categories], scaled so each row has unit norm. The
+    categories are those of the users in `vocab_of` (all users for None): users who arrive
+    later do not move the columns, and a category only they have is a zero block."""
     if not attrs:
         return np.zeros((n_users, 0), dtype=np.float32)
+    rows = np.arange(n_users) if vocab_of is None else np.flatnonzero(vocab_of)
     blocks = []
     for labels in attrs.values():
-        inverse = np.unique(labels.astype(str), return_inverse=True)[1]
-        block = np.zeros((n_users, inverse.max() + 1), dtype=np.float32)
-        block[np.arange(n_users), inverse] = 1.0
+        labels = labels.astype(str)
+        vocab = np.unique(labels[rows])
+        col = np.searchsorted(vocab, labels)
+        known = (col < len(vocab)) & (vocab[np.minimum(col, len(vocab) - 1)] == labels)
+        block = np.zeros((n_users, len(vocab)), dtype=np.float32)
+        block[np.flatnonzero(known), col[known]] = 1.0
         blocks.append(block)
     return np.concatenate(blocks, axis=1) / np.sqrt(len(blocks))
 
@@ -234,13 +248,15 @@ def fill_by_attributes(labels: np.ndarray, attrs: dict[str, np.ndarray]) -> np.n
     return labels
 
 
-def _by_size(by_period: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
-    """Renumber groups so that 0 is the largest at the last period start, the same numbering
-    for every period."""
-    last = by_period[max(by_period)]
-    ranked = relabel_by_size(last)
-    mapping = np.zeros(int(last.max()) + 1, dtype=np.int64)
-    mapping[last] = ranked
+def _by_size(by_period: dict[int, np.ndarray], fit_mask: np.ndarray) -> dict[int, np.ndarray]:
+    """Renumber groups so that 0 is the largest among the users of the fit (period 0), the
+    same numbering for every period: users who arrive later never renumber the groups."""
+    fitted = by_period[max(by_period)][fit_mask]
+    n = int(max(labels.max() for labels in by_period.values())) + 1
+    sizes = np.bincount(fitted, minlength=n)
+    order = np.lexsort((np.arange(n), -sizes))
+    mapping = np.empty(n, dtype=np.int64)
+    mapping[order] = np.arange(n)
     return {p: mapping[labels].astype(np.int32) for p, labels in by_period.items()}
 
 
@@ -265,7 +281,7 @@ def behavior_groups(
                 how = "by attributes" if attrs else "to the largest group"
                 notes.append(f"{n_none} users without history before the test period placed {how}")
         by_period[p] = fill_by_attributes(labels, attrs)
-    by_period = _by_size(by_period)
+    by_period = _by_size(by_period, fit_mask)
     labels = by_period[max(by_period)]
     descriptions = [f"behaviour group {g}" for g in range(labels.max() + 1)]
     return Grouping(labels, descriptions, "behavior", notes, by_period)
@@ -289,7 +305,7 @@ def hybrid_groups(
     if not fit_mask.any():
         fit_mask = last.sum(axis=1) > 0
     n_users = len(hist_fit)
-    onehot = attr_weight * one_hot_attributes(attrs, n_users)
+    onehot = attr_weight * one_hot_attributes(attrs, n_users, vocab_of=fit_mask)
 
     def features(hist):
         part = np.where(fit_mask[:, None], unit_rows(hist_fit), unit_rows(hist))
@@ -308,7 +324,7 @@ def hybrid_groups(
                     "attributes (nearest centroid)"
                 )
         by_period[p] = np.where(labels < 0, 0, labels)
-    by_period = _by_size(by_period)
+    by_period = _by_size(by_period, fit_mask)
     labels = by_period[max(by_period)]
     descriptions = [f"hybrid group {g}" for g in range(labels.max() + 1)]
     return Grouping(labels, descriptions, "hybrid", notes, by_period)

@@ -68,20 +68,18 @@ def compute_groups(ctx: Ctx[GroupOptions]) -> dict:
         for p in range(1, h.test_period + 1)
     }
     hist_pre = hist_at[h.test_period]
-    attrs = grouping.attribute_columns(users, n_users)
+    fitted = hist0.sum(axis=1) > 0  # the users of the fit (period 0)
+    attrs = grouping.attribute_columns(users, n_users, basis=fitted if fitted.any() else None)
     g = _grouping(o, attrs, hist0, hist_at, n_users, ctx.seed)
     labels = g.labels
     n_groups = int(labels.max()) + 1
     titles = [
         str(t) for t in ws.items_table(["item_id", "title"]).sort_by("item_id")["title"].to_pylist()
     ]
-    # Behaviour statistics from period 0 only: a persona never describes what its group does
-    # in a period it is later used to predict.
-    stats = group_statistics(
-        labels, attrs, hist0, u[first], i[first], titles, cluster_text,
-        cells=g.descriptions if g.method == "demographic" else None,
-        top_clusters=o.top_clusters, top_items=o.top_items,
-    )  # fmt: skip
+    # Personas describe each group as period 0 shows it (its members of period 0, their
+    # period-0 behaviour): no later period leaks into a prompt, and users who arrive later
+    # never rewrite a persona.
+    stats = _period0_statistics(o, g, attrs, hist0, u[first], i[first], titles, cluster_text)
     personas = _personas(ctx, stats)
     from coea_cli.items.encoder import encode_texts, load_text_encoder
 
@@ -104,6 +102,23 @@ def compute_groups(ctx: Ctx[GroupOptions]) -> dict:
         "sizes": sizes,
         "report": report,
     }
+
+
+def _period0_statistics(o: GroupOptions, g, attrs, hist0, users, items, titles, cluster_text):
+    """group_statistics over the users of the fit (those with period-0 history) and their
+    period-0 interactions; demographic cells, defined by attributes alone, keep every user."""
+    fit = np.flatnonzero(hist0.sum(axis=1) > 0)
+    if g.method == "demographic" or not len(fit):
+        fit = np.arange(len(g.labels))
+    index = np.full(len(g.labels), -1, dtype=np.int64)
+    index[fit] = np.arange(len(fit))
+    keep = index[users] >= 0
+    return group_statistics(
+        g.labels[fit], {k: v[fit] for k, v in attrs.items()}, hist0[fit], index[users[keep]],
+        items[keep], titles, cluster_text,
+        cells=g.descriptions if g.method == "demographic" else None,
+        top_clusters=o.top_clusters, top_items=o.top_items,
+    )  # fmt: skip
 
 
 def _grouping(o: GroupOptions, attrs, hist0, hist_at: dict, n_users: int, seed: int):

@@ -22,11 +22,13 @@ def advance(
     """Run round k (0: initial training) and return the track's new state. With
     `report_test`, the round's metrics include the evaluation-only test-period figures."""
     folder = track.round_dir(k)
+    inputs = _inputs(ws, track, state if k > 0 else None, spec)
     st = store.Stage(
         folder=folder,
         command="pco-round",
         options={**o.recorded(), "round": k},
-        inputs=_inputs(ws, track, state if k > 0 else None, spec),
+        inputs=inputs,
+        lineage=ws.lineage(inputs),
         seed=spec.seed,
         root=ws.root,
         started=started or time.time(),

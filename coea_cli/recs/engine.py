@@ -60,6 +60,22 @@ def track_variant(
     return Variant(name or label, novelty, relevance, spec, use_dsie, judge, reserve, templates)
 
 
+def _check_cutoff(ws: Workspace, name: str, before: int, test: int) -> None:
+    """Serving as of `before` needs the DSIE trained on every period before min(before, test)
+    (the newest period is its validation): a DSIE of an older log is stale."""
+    from coea_cli.errors import ArtifactError
+
+    cutoff, want = ws.dsie_config(name).get("cutoff"), min(before, test)
+    if cutoff is not None and int(cutoff) != want:
+        folder = ws.dsie(name)
+        raise ArtifactError(
+            folder.file("config"),
+            folder.producer,
+            f"DSIE was trained on the periods before {cutoff}; serving as of period {before} "
+            f"needs the one trained on the periods before {want} (the log has grown)",
+        )
+
+
 class Engine:
     """Holds the workspace tables, DSIE and per-user item scores at one cutoff."""
 
@@ -75,6 +91,7 @@ class Engine:
         self.history = self.world.history.before(before_period)
         if dsie is None:
             self.dsie_name = ws.dsie_name(before_period)
+            _check_cutoff(ws, self.dsie_name, before_period, self.world.test_period)
             self.dsie = load_dsie(ws, self.dsie_name, device=device)
             self.states = self._states()
         else:

@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from coea_cli import console, store
 from coea_cli.common import Ctx
-from coea_cli.errors import BadInput
+from coea_cli.errors import ArtifactError, BadInput
 from coea_cli.options import RecommendOptions
 from coea_cli.recs.engine import Engine, track_variant
 from coea_cli.recs.lists import RECORD, SOURCES, Weights
@@ -52,8 +52,16 @@ def run_recommend(ctx: Ctx[RecommendOptions]) -> dict:
     out = ws.recs(shard)
     if o.user is not None:
         return lookup(ws, str(o.user), out)
-    variant = track_variant(ws, ws.track(o.track), ctx.device, ctx.seed, o.round)
-    before = int(ws.dataset()["test_period"] if o.before_period is None else o.before_period)
+    test = int(ws.dataset()["test_period"])
+    before = test + 1 if o.latest else test if o.before_period is None else o.before_period
+    if before > test + 1:
+        raise BadInput(f"--before-period {before}: the log ends with period {test}")
+    track = ws.track(o.track)
+    if o.round is None:
+        _check_rounds(track, before, test)
+    variant = track_variant(
+        ws, track, ctx.device, ctx.seed, o.round, before=None if o.round is not None else before
+    )
     inputs = [ws.data.require("interactions"), ws.sids_dir.require("sids")]
     inputs += [ws.groups_dir.require("groups"), ws.dsie().require("model")]
     inputs += [ws.dsie().require("states"), variant.novelty, variant.relevance]
@@ -95,6 +103,21 @@ def run_recommend(ctx: Ctx[RecommendOptions]) -> dict:
         f"(ranking: {report['weights']})"
     )
     return {"status": "written", **report}
+
+
+def _check_rounds(track, before: int, test: int) -> None:
+    """Serving as of `before` needs every round the log allows before it (round k trains on
+    period k; the newest period is held out): adapters of an older log are stale."""
+    state = track.require_state()
+    need = min(before, test) - 1
+    if int(state["round"]) < need:
+        producer = "pco-round" + ("" if track.name == "main" else f" --track {track.name}")
+        raise ArtifactError(
+            track.state_path(),
+            producer,
+            f"track {track.name} has run rounds up to {state['round']}; serving as of period "
+            f"{before} needs round {need} (or serve an older round with --round)",
+        )
 
 
 def serving_weights(ws: Workspace, o: RecommendOptions, before: int, device: str, seed: int):

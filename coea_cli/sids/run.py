@@ -122,7 +122,14 @@ def run_build_sids(ctx: Ctx[SidOptions]) -> dict:
     ws = ctx.ws
     inputs = [ws.data.require("items"), ws.data.require("interactions"), ws.items.require("emb")]
     st = ctx.stage(ws.sids_dir.path, inputs)
-    if ctx.fresh(st):
+    existing = None if o.rebuild or ctx.force else _extendable(ctx)
+    if existing is not None:
+        n = int(ws.dataset()["items"])
+        if existing.n_items == n:
+            console.log("every item has a SID (existing SIDs are kept; --rebuild makes new ones)")
+            return summary(ws.sid_report(), fresh=True)
+        return _extend(ctx, st, existing)
+    if not o.rebuild and ctx.fresh(st):
         return summary(ws.sid_report(), fresh=True)
 
     t0 = time.perf_counter()
@@ -155,6 +162,74 @@ def run_build_sids(ctx: Ctx[SidOptions]) -> dict:
         report = write_outputs(ws, tmp, build, items, history, o, ctx.seed, t0)
         st.extra = {"summary": summary(report)}
     log_report(report)
+    return summary(report)
+
+
+def _extendable(ctx: Ctx[SidOptions]):
+    """The existing SIDs, to which new items are added; None when there are none. Existing
+    SIDs built with other options or seed are bad input: a new SID version is an explicit
+    event (--rebuild), never a side effect of a changed setting."""
+    ws = ctx.ws
+    manifest = ws.sids_dir.path / store.MANIFEST
+    if not (manifest.exists() and ws.sids_dir.file("model").exists()):
+        return None
+    try:
+        recorded = store.read_json(manifest)
+        sids = ws.sids(partial=True)
+    except (OSError, ValueError, BadInput):
+        return None  # unreadable: a full build replaces them
+    now = {**store.normalise(ctx.opts.recorded()), "seed": ctx.seed}
+    before = {**recorded.get("options", {}), "seed": recorded.get("seed")}
+    changed = sorted(k for k in now.keys() | before.keys() if now.get(k) != before.get(k))
+    if changed:
+        was = ", ".join(f"{k}={before.get(k)!r}" for k in changed)
+        raise BadInput(
+            f"sids/ holds SID version {sids.version}, built with {was}; these options would "
+            f"build another version. Give --rebuild to build it (models trained on the old "
+            f"SIDs must then be retrained), or the recorded options to add new items"
+        )
+    return sids
+
+
+def _extend(ctx: Ctx[SidOptions], st, old) -> dict:
+    """Encode the items added since the last build; every existing SID is kept."""
+    import pyarrow as pa
+
+    from coea_cli.sids.extend import encode, extend
+    from coea_cli.workspace.core import read_table, read_tensors
+
+    ws, o = ctx.ws, ctx.opts
+    x = ws.item_embedding(str(o.embedding))[old.n_items :]
+    tensors, meta = read_tensors(ws.sids_dir.require("model"), "build-sids --rebuild")
+    codes, collided = extend(old.codes, encode(x, tensors, meta))
+    sizes = (*old.layout.sizes[:-1], max(old.layout.sizes[-1], int(codes[:, -1].max()) + 1))
+    layout = SidLayout(sizes, old.layout.method)
+    report = ws.sid_report()
+    added = {
+        "revision": old.revision + 1,
+        "items": len(x),
+        "collision_rate_before_dedup": float(collided.mean()) if len(x) else 0.0,
+        "dedup_size": sizes[-1],
+    }
+    report["additions"] = [*report.get("additions", []), added]
+    report["items"], report["codebook_sizes"] = len(codes), list(sizes)
+    clusters = read_table(ws.sids_dir.require("clusters"), "build-sids --rebuild")
+    size = np.bincount(codes[:, 0], minlength=layout.sizes[0])[clusters["cluster"].to_numpy()]
+    clusters = clusters.set_column(
+        clusters.column_names.index("size"), "size", pa.array(size.astype(np.int32))
+    )
+    with st.write(keep=[ws.sids_dir.files["model"]]) as tmp:
+        table = sids_table(codes, layout, old.version, old.revision + 1)
+        store.write_parquet(ws.sids_dir.file("sids", tmp), table)
+        store.write_parquet(ws.sids_dir.file("clusters", tmp), clusters)
+        store.write_json(ws.sids_dir.file("report", tmp), report)
+        st.extra = {"summary": summary(report), "sid_version": old.version}
+    console.log(
+        f"{len(x):,} new items encoded with the trained quantiser; "
+        f"{added['collision_rate_before_dedup']:.1%} collided before the dedup level; "
+        f"{old.n_items:,} existing SIDs kept (version {old.version}, revision "
+        f"{old.revision + 1})"
+    )
     return summary(report)
 
 

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from coea_cli import store
 from coea_cli.errors import ArtifactError
 from coea_cli.workspace.history import History
-from coea_cli.workspace.sids import META_KEY, SidLayout, Sids
+from coea_cli.workspace.sids import META_KEY, SidLayout, Sids, version_of
 from coea_cli.workspace.tracks import Track, tracks
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -143,10 +143,10 @@ class Workspace:
         return Dir(self.root / check_name("--out", name), producer, DSIE)
 
     def dsie_name(self, cutoff: int | None) -> str:
-        """The DSIE folder trained on the periods before `cutoff`: dsie/ for the test period
-        (or None), dsie-before-K/ for another period K."""
+        """The DSIE folder for a cutoff: dsie/ (trained on the periods before the test period)
+        for the test period, a later one or None; dsie-before-K/ for an earlier period K."""
         test = int(self.dataset()["test_period"])
-        return "dsie" if cutoff in (None, test) else f"dsie-before-{int(cutoff)}"
+        return "dsie" if cutoff is None or cutoff >= test else f"dsie-before-{int(cutoff)}"
 
     def recs(self, shard: tuple[int, int] | None = None) -> Dir:
         path = self.root / "recs"
@@ -165,6 +165,22 @@ class Workspace:
 
     def checkpoints(self, name: str) -> Path:
         return self.root / "checkpoints" / check_name("--out", name)
+
+    def lineage(self, inputs) -> dict:
+        """What a manifest records of the versions its stage was made from: the SID version
+        and revision when it reads sids/sids.parquet, the data's extent when it reads
+        data/interactions.parquet."""
+        paths = {
+            Path(p).resolve() for p in (inputs.values() if isinstance(inputs, dict) else inputs)
+        }
+        out: dict = {}
+        if self.sids_dir.file("sids").resolve() in paths:
+            sids = self.sids(partial=True)
+            out |= {"sid_version": sids.version, "sid_revision": sids.revision}
+        if self.data.file("interactions").resolve() in paths:
+            d = self.dataset()
+            out["data"] = {k: d.get(k) for k in ("test_period", "users", "items", "interactions")}
+        return out
 
     def _once(self, key, load):
         if key not in self._cache:
@@ -269,16 +285,18 @@ class Workspace:
 
     # ---------------------------------------------------------------- sids/
 
-    def sids(self) -> Sids:
+    def sids(self, partial: bool = False) -> Sids:
         """SID codes of every item, their layout (from the Parquet metadata) and the level-1
-        cluster descriptions; checked against data/items.parquet."""
+        cluster descriptions; checked against data/items.parquet. With `partial`, SIDs of the
+        first items only are accepted (items were added since): build-sids extends them."""
 
         def load():
             path = self.sids_dir.require("sids")
             table = read_table(path, "build-sids")
             raw = (table.schema.metadata or {}).get(META_KEY)
             try:
-                layout = SidLayout.from_meta(json.loads(raw))
+                meta = json.loads(raw)
+                layout = SidLayout.from_meta(meta)
             except (TypeError, ValueError, KeyError):
                 raise ArtifactError(path, "build-sids", "no valid SID layout metadata") from None
             names = [f"c{i + 1}" for i in range(layout.levels)] + ["dup", "item_id"]
@@ -287,19 +305,23 @@ class Workspace:
                 raise ArtifactError(path, "build-sids", f"no column(s) {missing}")
             n = int(self.dataset()["items"])
             ids = table["item_id"].to_numpy().astype(np.int64)
-            if len(ids) != n or not np.array_equal(np.sort(ids), np.arange(n)):
+            m = len(ids) if partial and len(ids) <= n else n
+            if len(ids) != m or not np.array_equal(np.sort(ids), np.arange(m)):
                 raise ArtifactError(
                     path, "build-sids", f"{len(ids)} items, data/items.parquet has {n}"
                 )
+            n = m
             codes = np.zeros((n, layout.levels + 1), dtype=np.int64)
             for j, c in enumerate(names[:-1]):
                 col = table[c].to_numpy().astype(np.int64)
                 if len(col) and (col.min() < 0 or col.max() >= layout.sizes[j]):
                     raise ArtifactError(path, "build-sids", f"column {c} outside its codebook")
                 codes[ids, j] = col
-            return Sids(codes, layout, self._cluster_descriptions())
+            version = str(meta.get("version") or version_of(codes, layout))
+            revision = int(meta.get("revision", 0))
+            return Sids(codes, layout, self._cluster_descriptions(), version, revision)
 
-        return self._once("sids", load)
+        return self._once(("sids", partial), load)
 
     def _cluster_descriptions(self) -> dict[int, str]:
         path = self.sids_dir.require("clusters")

@@ -90,8 +90,10 @@ class SidLayout:
         return cls(sizes, str(meta.get("method", "")))
 
 
-def sids_table(codes: np.ndarray, layout: SidLayout):
-    """sids.parquet: item_id, c1..cL, dup, sid; the layout in the schema metadata."""
+def sids_table(codes: np.ndarray, layout: SidLayout, version: str | None = None, revision: int = 0):
+    """sids.parquet: item_id, c1..cL, dup, sid. The schema metadata holds the layout, the SID
+    version (set by a full build: `version_of` its codes; kept when items are added, since no
+    existing SID changes) and the revision (items added since that build)."""
     import pyarrow as pa
 
     cols = {"item_id": pa.array(np.arange(len(codes), dtype=np.int32))}
@@ -99,7 +101,8 @@ def sids_table(codes: np.ndarray, layout: SidLayout):
         cols[f"c{level + 1}"] = pa.array(codes[:, level].astype(np.int32))
     cols["dup"] = pa.array(codes[:, layout.levels].astype(np.int32))
     cols["sid"] = pa.array(layout.strings(codes), pa.string())
-    return pa.table(cols).replace_schema_metadata({META_KEY: json.dumps(layout.meta())})
+    meta = {**layout.meta(), "version": version or version_of(codes, layout), "revision": revision}
+    return pa.table(cols).replace_schema_metadata({META_KEY: json.dumps(meta)})
 
 
 def version_of(codes: np.ndarray, layout: SidLayout) -> str:
@@ -116,10 +119,8 @@ class Sids:
     codes: np.ndarray  # [N, L+1] int64: levels then dup
     layout: SidLayout
     descriptions: dict[int, str] = field(default_factory=dict)  # level-1 cluster -> text
-
-    @property
-    def version(self) -> str:
-        return version_of(self.codes, self.layout)
+    version: str = ""  # of the full build; models record it (items added keep it)
+    revision: int = 0  # additions since the full build
 
     @property
     def n_items(self) -> int:
