@@ -125,6 +125,12 @@ class Embedding(StrEnum):
     collab = "collab"
 
 
+class FoldIn(StrEnum):
+    before_test = "before-test"
+    all = "all"
+    none = "none"
+
+
 class Grouping(StrEnum):
     demographic = "demographic"
     behavior = "behavior"
@@ -274,7 +280,8 @@ DEFAULT_TEXT_TEMPLATE = "{categories}. {title} ({year})."
 
 @dataclass(frozen=True)
 class TokenizeOptions(Options):
-    """Embed every item: sentence-encoder content vector, period-0 collaborative vector, fused.
+    """Embed every item: sentence-encoder content vector, collaborative vector (period 0, new
+    items folded in from later periods), fused.
 
     Reads data/items.parquet and data/interactions.parquet; writes items/item_text.parquet
     and items/item_emb.safetensors (item_id, content, collab, fused, cold).
@@ -306,6 +313,12 @@ class TokenizeOptions(Options):
         ge=0,
     )
     ppmi_alpha: float = opt(0.75, "Context-distribution smoothing exponent of PPMI.", ge=0, le=1)
+    fold_in: FoldIn = opt(
+        FoldIn.before_test,
+        "Items without period-0 co-occurrence (new items) get a collaborative vector folded "
+        "in from the interactions of: before-test (the periods before the test period, for "
+        "evaluation), all (every period: the cron loop, whose newest week is no test), none.",
+    )
 
 
 # ---------------------------------------------------------------- build-sids

@@ -42,7 +42,7 @@ append=(prepare --append "$NEW_LOG" --format table)
 [ -n "$NEW_ITEMS" ] && append+=(--items "$NEW_ITEMS")
 [ -n "$NEW_USERS" ] && append+=(--users "$NEW_USERS")
 step "${append[@]}"
-step tokenize-items
+step tokenize-items --fold-in all  # the newest week is no test: new items use it
 step build-sids
 step profile-groups
 step train-dsie --init-from dsie --epochs "$DSIE_EPOCHS"

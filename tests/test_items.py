@@ -149,7 +149,7 @@ def test_ppmi_matches_dense_formula():
 def test_collab_uses_period_zero_only_and_flags_cold():
     rng = np.random.default_rng()
     log = _random_log(rng, n_items=40)
-    emb, cold = collab.collab_embedding(log, 40, dim=8, seed=3)
+    emb, cold, _ = collab.collab_embedding(log, 40, dim=8, seed=3)
     # rewrite everything outside period 0: items, users and times
     p = log["period"].to_numpy()
     later = p > 0
@@ -159,7 +159,7 @@ def test_collab_uses_period_zero_only_and_flags_cold():
     ts[later] = rng.integers(0, 10**6, later.sum())
     changed = log.set_column(1, "item_id", pa.array(item.astype(np.int32)))
     changed = changed.set_column(2, "timestamp", pa.array(ts))
-    emb2, cold2 = collab.collab_embedding(changed, 40, dim=8, seed=3)
+    emb2, cold2, _ = collab.collab_embedding(changed, 40, dim=8, seed=3)
     np.testing.assert_array_equal(emb, emb2)
     np.testing.assert_array_equal(cold, cold2)
     # cold = no period-0 co-occurrence; warm rows unit length
@@ -171,8 +171,43 @@ def test_collab_uses_period_zero_only_and_flags_cold():
     # a change inside period 0 does change it
     item0 = log["item_id"].to_numpy().copy()
     item0[p == 0] = rng.permutation(item0[p == 0])
-    emb3, _ = collab.collab_embedding(log.set_column(1, "item_id", pa.array(item0)), 40, dim=8)
+    emb3, *_ = collab.collab_embedding(log.set_column(1, "item_id", pa.array(item0)), 40, dim=8)
     assert not np.allclose(emb, emb3)
+
+
+def test_fold_in_gives_period_zero_items_their_own_vectors():
+    """p V S^(-1/2) of a period-0 item's own PPMI row is its embedding (to the precision of
+    the randomised SVD)."""
+    rng = np.random.default_rng()
+    log = _random_log(rng, n_items=40)
+    user, item = collab.period_sequences(log, 0)
+    c0 = collab.cooccurrence(user, item, 40)
+    u, s, vt = collab.svd_factors(collab.ppmi(c0), 8, seed=1)
+    warm = np.flatnonzero(np.asarray(c0.sum(axis=1)).ravel() > 0)
+    got = collab.fold_in_rows(c0[warm], c0, vt, s, 0.75, 8)
+    np.testing.assert_allclose(got[:, : len(s)], u[warm] * np.sqrt(s), atol=2e-3)
+
+
+def test_items_missing_from_period_zero_are_folded_in_from_later_periods():
+    rng = np.random.default_rng()
+    log = _random_log(rng, n_items=40, n=600)
+    p, item = log["period"].to_numpy(), log["item_id"].to_numpy().copy()
+    item[(p == 0) & (item >= 30)] = rng.integers(0, 30, ((p == 0) & (item >= 30)).sum())
+    log = log.set_column(1, "item_id", pa.array(item.astype(np.int32)))  # 30-39: later only
+    base, cold0, n0 = collab.collab_embedding(log, 40, dim=8, seed=2)
+    emb, cold, n = collab.collab_embedding(log, 40, dim=8, seed=2, fold_before=2)
+    assert n0 == 0 and cold0[30:].all()
+    np.testing.assert_array_equal(emb[~cold0], base[~cold0])  # period-0 items never change
+    seen1 = np.unique(item[p == 1])
+    late = np.intersect1d(np.arange(30, 40), seen1)
+    assert n == len(late) > 0 and not cold[late].any()
+    np.testing.assert_allclose(np.linalg.norm(emb[late], axis=1), 1, atol=1e-5)
+    # the periods from fold_before on are never read
+    later = p >= 2
+    item[later] = rng.integers(0, 40, later.sum())
+    other = log.set_column(1, "item_id", pa.array(item.astype(np.int32)))
+    again, *_ = collab.collab_embedding(other, 40, dim=8, seed=2, fold_before=2)
+    np.testing.assert_array_equal(again, emb)
 
 
 def test_svd_embed_recovers_low_rank_structure():
@@ -223,9 +258,11 @@ def test_tokenize_items_outputs(tokenized):
     some = texts["text"].to_pylist()[:5]
     one = encode_texts(enc, some[::-1], batch_size=2, progress=False)[::-1]
     np.testing.assert_allclose(one, arrays["content"][:5], atol=1e-5)
-    # the collaborative part is period-0 only, cold items are zero
+    # the collaborative part: period 0, items it misses folded in from before the test
     inter = pq.read_table(work / "data" / "interactions.parquet")
-    ref, cold = collab.collab_embedding(inter, n, dim=16, seed=0)
+    test = store.read_json(work / "data" / "dataset.json")["test_period"]
+    ref, cold, folded = collab.collab_embedding(inter, n, dim=16, seed=0, fold_before=test)
+    assert meta["folded_in"] == folded and meta["fold_before"] == test
     np.testing.assert_allclose(arrays["collab"], ref, atol=1e-6)
     assert (arrays["cold"] == cold).all()
     manifest = store.read_json(work / "items" / "manifest.json")
@@ -239,7 +276,7 @@ def test_tokenize_items_rerun_is_noop_and_later_periods_do_not_matter(tokenized,
     assert r.code == 0 and r.json()["status"] == "up to date"
     assert "up to date" in r.stderr
     assert (work / "items" / "manifest.json").read_bytes() == before
-    # a copy whose later periods are rewritten gets the same embeddings
+    # a copy whose test period is rewritten gets the same embeddings
     other = tmp_path / "w"
     shutil.copytree(work / "data", other / "data")
     path = other / "data" / "interactions.parquet"
@@ -247,7 +284,8 @@ def test_tokenize_items_rerun_is_noop_and_later_periods_do_not_matter(tokenized,
     p = inter["period"].to_numpy()
     item = inter["item_id"].to_numpy().copy()
     n = pq.read_metadata(work / "data" / "items.parquet").num_rows
-    item[p > 0] = np.random.default_rng().integers(0, n, (p > 0).sum())
+    test = store.read_json(work / "data" / "dataset.json")["test_period"]
+    item[p == test] = np.random.default_rng().integers(0, n, (p == test).sum())
     store.write_parquet(path, inter.set_column(1, "item_id", pa.array(item.astype(np.int32))))
     r = coea("tokenize-items", "--work", other, "--collab-dim", 16)
     assert r.code == 0, r.stderr

@@ -1,7 +1,7 @@
 """Collaborative item embedding: co-occurrence -> PPMI -> truncated SVD.
 
-Only period-0 (initial training) interactions are used, so nothing leaks from the
-incremental or test periods. Two items co-occur when the same user interacted with both
+The factors come from period-0 (initial training) interactions only, so nothing leaks from
+the incremental or test periods into them. Two items co-occur when the same user interacted with both
 (whole history) or, with a window w > 0, within w positions of each other in the user's
 chronological sequence.
 
@@ -11,8 +11,12 @@ PPMI with context-distribution smoothing (Levy et al. 2015):
     PPMI = max(PMI, 0)
 
 The embedding is U * sqrt(S) of the rank-d truncated SVD, L2-normalised per item. Items
-without any positive PMI in period 0 (above all, items not seen in period 0) get a zero
-vector and are flagged cold.
+without any positive PMI in period 0 (above all, items not seen in period 0) are folded in
+from later periods when allowed: their PPMI rows against the period-0 items, from the
+co-occurrences of the later periods (with period 0's context counts), are projected with the
+same factors, p V S^(-1/2), which gives a period-0 item its own vector back (to the
+precision of the randomised SVD). Items with no co-occurrence at all get a zero vector and
+are flagged cold. Period-0 items never change, so neither do the SIDs built from them.
 """
 
 from __future__ import annotations
@@ -22,10 +26,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 
-def period_sequences(interactions: pa.Table, period: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(user, item) arrays of one period, ordered by user then time (stable)."""
-    mask = pc.equal(interactions["period"], period)
-    t = interactions.filter(mask)
+def period_sequences(
+    interactions: pa.Table, period: int | None = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(user, item) arrays of one period (None: every row), ordered by user then time."""
+    t = (
+        interactions
+        if period is None
+        else interactions.filter(pc.equal(interactions["period"], period))
+    )
     user = t["user_id"].to_numpy().astype(np.int64)
     item = t["item_id"].to_numpy().astype(np.int64)
     ts = t["timestamp"].to_numpy()
@@ -83,20 +92,47 @@ def ppmi(c, alpha: float = 0.75):
     return sp.csr_matrix((pmi[keep], (coo.row[keep], coo.col[keep])), shape=c.shape)
 
 
+def svd_factors(p, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(U [n, r], S [r], Vt [r, n]) of the rank-r truncated SVD, r = min(dim, non-empty rows - 1,
+    n - 1); empty factors when the matrix is too small. Deterministic signs and seed."""
+    from sklearn.utils.extmath import randomized_svd
+
+    n = p.shape[0]
+    rank = min(dim, int((p.getnnz(axis=1) > 0).sum()) - 1, n - 1)
+    if rank < 1 or p.nnz == 0:
+        return np.zeros((n, 0)), np.zeros(0), np.zeros((0, n))
+    return randomized_svd(p, n_components=rank, n_iter=7, random_state=seed, flip_sign=True)
+
+
 def svd_embed(p, dim: int, seed: int = 0) -> np.ndarray:
     """Rank-`dim` embedding U * sqrt(S) of a sparse matrix (deterministic signs and seed).
 
     When the matrix has fewer non-empty rows than `dim`, the extra columns are zero.
     """
-    from sklearn.utils.extmath import randomized_svd
+    u, s, _ = svd_factors(p, dim, seed)
+    out = np.zeros((p.shape[0], dim), dtype=np.float32)
+    out[:, : len(s)] = (u * np.sqrt(s)).astype(np.float32)
+    return out
 
-    n = p.shape[0]
-    out = np.zeros((n, dim), dtype=np.float32)
-    rank = min(dim, int((p.getnnz(axis=1) > 0).sum()) - 1, n - 1)
-    if rank < 1 or p.nnz == 0:
+
+def fold_in_rows(c_new, c0, vt: np.ndarray, s: np.ndarray, alpha: float, dim: int) -> np.ndarray:
+    """Embeddings [m, dim] of rows whose co-occurrences with the period-0 items are `c_new`
+    [m, n]: their PPMI against period 0's context counts (from `c0`), times V S^(-1/2)."""
+    import scipy.sparse as sp
+
+    c_new = sp.csr_matrix(c_new, dtype=np.float64)
+    out = np.zeros((c_new.shape[0], dim), dtype=np.float32)
+    ctx = np.asarray(sp.csr_matrix(c0).sum(axis=1)).ravel() ** alpha
+    row = np.asarray(c_new.sum(axis=1)).ravel()
+    if not len(s) or ctx.sum() == 0 or c_new.nnz == 0:
         return out
-    u, s, _ = randomized_svd(p, n_components=rank, n_iter=7, random_state=seed, flip_sign=True)
-    out[:, :rank] = (u * np.sqrt(s)).astype(np.float32)
+    coo = c_new.tocoo()
+    known = ctx[coo.col] > 0
+    r, c, v = coo.row[known], coo.col[known], coo.data[known]
+    pmi = np.log(v * ctx.sum() / (row[r] * ctx[c]))
+    keep = pmi > 0
+    p = sp.csr_matrix((pmi[keep], (r[keep], c[keep])), shape=c_new.shape)
+    out[:, : len(s)] = (p @ vt.T / np.sqrt(s)).astype(np.float32)
     return out
 
 
@@ -107,19 +143,37 @@ def collab_embedding(
     window: int = 0,
     alpha: float = 0.75,
     seed: int = 0,
-    period: int = 0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Collaborative embedding of every item from one period's interactions.
+    fold_before: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Collaborative embedding of every item from period 0, with the items period 0 does not
+    place folded in from the periods before `fold_before` (None: none).
 
-    Returns (emb float32 [n_items, dim], L2-normalised rows or zero; cold bool [n_items]).
+    Returns (emb float32 [n_items, dim], L2-normalised rows or zero; cold bool [n_items];
+    the number of items folded in).
     """
     from coea_cli.items.encoder import l2_normalise
 
-    user, item = period_sequences(interactions, period)
-    p = ppmi(cooccurrence(user, item, n_items, window), alpha)
+    user, item = period_sequences(interactions, 0)
+    c0 = cooccurrence(user, item, n_items, window)
+    p = ppmi(c0, alpha)
     warm = p.getnnz(axis=1) > 0
-    emb = svd_embed(p, dim, seed)
+    u, s, vt = svd_factors(p, dim, seed)
+    emb = np.zeros((n_items, dim), dtype=np.float32)
+    emb[:, : len(s)] = (u * np.sqrt(s)).astype(np.float32)
     emb[~warm] = 0.0  # exact zeros, not round-off, for items without co-occurrence
+    folded = 0
+    if fold_before is not None and fold_before > 1 and (~warm).any():
+        periods = interactions["period"].to_numpy()
+        later = interactions.filter(pa.array(periods < fold_before))
+        u_all, i_all = period_sequences(later, None)
+        rows = np.flatnonzero(~warm)
+        c_new = cooccurrence(u_all, i_all, n_items, window)[rows][:, np.flatnonzero(warm)]
+        full = np.zeros((len(rows), n_items))
+        full[:, np.flatnonzero(warm)] = c_new.toarray()
+        vec = fold_in_rows(full, c0, vt, s, alpha, dim)
+        got = np.abs(vec).sum(axis=1) > 0
+        emb[rows[got]] = vec[got]
+        folded = int(got.sum())
     emb = l2_normalise(emb)
     cold = ~(np.abs(emb).sum(axis=1) > 0)
-    return emb, cold
+    return emb, cold, folded

@@ -41,7 +41,11 @@ def run_tokenize_items(ctx: Ctx[TokenizeOptions]) -> dict:
 
     texts = render_texts(items, o.text_template)
     console.log(f"item text, e.g. {texts[0]!r}")
-    tensors, meta = embed_items(texts, inter, n, o, device=ctx.device, seed=ctx.seed)
+    test = int(ws.dataset()["test_period"])
+    fold_before = {"before-test": test, "all": test + 1, "none": None}[str(o.fold_in)]
+    tensors, meta = embed_items(
+        texts, inter, n, o, device=ctx.device, seed=ctx.seed, fold_before=fold_before
+    )
     meta.update({"encoder": encoder_name(o.text_encoder), "template": o.text_template})
 
     import pyarrow as pa
@@ -78,8 +82,9 @@ def check_items_table(items, path: Path) -> None:
 
 
 def embed_items(
-    texts: list[str], interactions, n_items: int, o: TokenizeOptions, *, device: str, seed: int
-) -> tuple[dict, dict]:
+    texts: list[str], interactions, n_items: int, o: TokenizeOptions, *, device: str, seed: int,
+    fold_before: int | None = None,
+) -> tuple[dict, dict]:  # fmt: skip
     """Content + collaborative + fused embeddings of all items, in item order."""
     from coea_cli.items.collab import collab_embedding
     from coea_cli.items.encoder import encode_texts, load_text_encoder
@@ -87,14 +92,17 @@ def embed_items(
     model = load_text_encoder(o.text_encoder, device)
     content = encode_texts(model, texts, batch_size=o.batch_size)
     console.log(f"collaborative embedding from period-0 interactions (dim {o.collab_dim})")
-    collab, cold = collab_embedding(
+    collab, cold, folded = collab_embedding(
         interactions,
         n_items,
         dim=o.collab_dim,
         window=o.collab_window,
         alpha=o.ppmi_alpha,
         seed=seed,
+        fold_before=fold_before,
     )
+    if folded:
+        console.log(f"{folded:,} items folded in from the periods before {fold_before}")
     collab_weight = o.collab_weight
     fused = np.concatenate([content, np.float32(collab_weight) * collab], axis=1)
     if not np.isfinite(fused).all():
@@ -116,6 +124,8 @@ def embed_items(
         "ppmi_alpha": float(o.ppmi_alpha),
         "cold": int(cold.sum()),
         "collab_period": 0,
+        "folded_in": folded,
+        "fold_before": fold_before,
         "fused": "concat(content, collab_weight * collab); both parts L2-normalised",
     }
     return tensors, meta
