@@ -751,12 +751,21 @@ class RecommendOptions(ServeOptions):
         "Compute only users with user_id % N == I (I/N), into recs/shards/I-of-N/, so a "
         "scheduler can fan out.",
     )
+    merge_shards: int | None = opt(
+        None,
+        "Merge recs/shards/I-of-N/ for I = 0..N-1 (made by `recommend --shard I/N` with the "
+        "same options) into recs/, as one unsharded run writes it, and exit.",
+        ge=1,
+        recorded=False,
+    )
 
     def check(self) -> None:
         super().check()
         self.shard_spec()
         if self.latest and self.before_period is not None:
             raise BadInput("give --latest or --before-period, not both")
+        if self.merge_shards is not None and (self.shard or self.user is not None):
+            raise BadInput("--merge-shards takes neither --shard nor --user")
 
     def shard_spec(self) -> tuple[int, int] | None:
         if not self.shard:

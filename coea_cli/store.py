@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import platform
@@ -208,10 +209,19 @@ def read_tensors(path: Path, command: str | None = None) -> tuple[dict, dict]:
     return arrays, meta
 
 
-def write_lmdb(path: Path, records: Iterable[tuple[bytes, bytes]], map_size: int = 1 << 30) -> int:
+def write_lmdb(
+    path: Path,
+    records: Iterable[tuple[bytes, bytes]],
+    map_size: int = 64 << 20,
+    append: bool = False,
+    batch: int = 100_000,
+) -> int:
     """Build an LMDB environment (a folder) from (key, value) pairs and swap it in atomically.
 
-    Returns the number of records written.
+    The map (LMDB's size limit, not an allocation) starts at `map_size` and doubles whenever
+    a batch of `batch` records does not fit, so a store of any size is written. With `append`
+    the keys must come in ascending byte order: pages are then filled whole, which is faster
+    and smaller; a key out of order raises ValueError. Returns the number of records written.
     """
     import lmdb
 
@@ -219,14 +229,18 @@ def write_lmdb(path: Path, records: Iterable[tuple[bytes, bytes]], map_size: int
     with atomic_dir(path) as tmp:
         env = lmdb.open(str(tmp), map_size=map_size, subdir=True, lock=False, sync=False)
         try:
-            txn = env.begin(write=True)
-            for key, value in records:
-                txn.put(key, value)
-                n += 1
-                if n % 100_000 == 0:
-                    txn.commit()
-                    txn = env.begin(write=True)
-            txn.commit()
+            pairs = iter(records)
+            while chunk := list(itertools.islice(pairs, batch)):
+                while True:
+                    try:
+                        with env.begin(write=True) as txn:
+                            for key, value in chunk:
+                                if not txn.put(key, value, append=append):
+                                    raise ValueError(f"LMDB key {key[:60]!r} is out of order")
+                        break
+                    except lmdb.MapFullError:  # the batch was aborted: grow and write it again
+                        env.set_mapsize(2 * env.info()["map_size"])
+                n += len(chunk)
             env.sync(True)
         finally:
             env.close()
@@ -345,11 +359,14 @@ class Stage:
         }
 
     @contextmanager
-    def write(self, keep: Iterable[str] = ()) -> Iterator[Path]:
+    def write(self, keep: Iterable[str] = (), carry: Iterable[str] = ()) -> Iterator[Path]:
         """Yield a temporary folder for the outputs; on success the manifest is written and
         the folder swapped in whole. `keep` names entries of the existing folder to carry
-        over (copied)."""
+        over (copied) as outputs; `carry` names entries carried over (hard-linked) that are
+        not this command's outputs (another run's folders inside this one), so the manifest
+        does not hash them."""
         self.input_hashes()  # before any output exists, so a missing input writes nothing
+        carry = set(carry)
         with atomic_dir(self.folder) as tmp:
             for name in keep:
                 src = self.folder / name
@@ -357,14 +374,24 @@ class Stage:
                     shutil.copytree(src, tmp / name)
                 elif src.exists():
                     shutil.copy2(src, tmp / name)
+            for name in carry:
+                if (self.folder / name).is_dir():
+                    shutil.copytree(self.folder / name, tmp / name, copy_function=_link)
             self.tmp = tmp
             yield tmp
             outputs = {
                 str(p.relative_to(tmp)): sha256_path(p)
                 for p in sorted(tmp.iterdir())
-                if p.name != MANIFEST
+                if p.name != MANIFEST and p.name not in carry
             }
             write_json(tmp / MANIFEST, self.manifest(outputs))
+
+
+def _link(src, dst) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 # ---------------------------------------------------------------- workspace lock

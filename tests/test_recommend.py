@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import pytest
 
 from coea_cli import store
-from coea_cli.recs.lists import RECORD
+from coea_cli.serving import Reader
 from tests.helpers import coea
 from tests.pco_fixtures import TINY, tiny_workspace
 
@@ -93,19 +93,25 @@ def test_shards_union_equals_full_run(trained):
 def test_lmdb_round_trip_and_lookup(trained):
     t = _recs(trained / "recs")
     users = store.read_parquet(trained / "data" / "users.parquet")["original_id"].to_pylist()
-    env = store.open_lmdb(trained / "recs" / "recs.lmdb")
-    with env.begin() as txn:
-        for u in np.unique(t["user_id"].to_numpy())[:10]:
-            rec = np.frombuffer(txn.get(b"u:%d" % u), dtype=RECORD)
-            rows = t.filter(pc.equal(t["user_id"], int(u))).sort_by("rank")
-            assert rec["item"].tolist() == rows["item_id"].to_pylist()
-            assert txn.get(b"o:" + users[u].encode()) == str(u).encode()
-    env.close()
+    items = store.read_parquet(trained / "data" / "items.parquet")["original_id"].to_pylist()
+    assert t["user"].to_pylist() == [users[u] for u in t["user_id"].to_pylist()]
+    assert t["item"].to_pylist() == [items[i] for i in t["item_id"].to_pylist()]
+    with Reader(trained) as reader:
+        for u in range(len(users)):
+            rows = t.filter(pc.equal(t["user_id"], u)).sort_by("rank")
+            got = reader.get(users[u])
+            assert list(got.items) == [items[i] for i in rows["item_id"].to_pylist()]
+            assert list(got.item_ids) == rows["item_id"].to_pylist()
+            assert list(got.sources) == rows["source"].to_pylist()
+            assert list(got.clusters) == rows["cluster"].to_pylist()
+            np.testing.assert_array_equal(np.float32(got.scores), rows["score"].to_numpy())
     u = int(t["user_id"][0].as_py())
     r = coea("recommend", "--user", users[u], "--work", trained, "--json")
     assert r.code == 0, r.stderr
-    out = r.json()["recommendations"]
-    items = store.read_parquet(trained / "data" / "items.parquet")["original_id"].to_pylist()
+    out = r.json()
+    report = store.read_json(trained / "recs" / "report.json")
+    assert out["round"] == report["round"] and out["generation"] == report["generation"]
+    out = out["recommendations"]
     first = t.filter(pc.equal(t["user_id"], u)).sort_by("rank")["item_id"].to_pylist()
     assert [x["item"] for x in out] == [items[i] for i in first]
     # without --json: one aligned row per recommendation under a header
@@ -117,6 +123,72 @@ def test_lmdb_round_trip_and_lookup(trained):
     assert len(rows) == len(out)
     assert [int(line.split()[0]) for line in rows] == list(range(1, len(out) + 1))
     assert all(line.split()[-1] in ("draw", "reserve", "fill") for line in rows)
+
+
+def test_lists_carry_the_round_and_models_that_made_them(trained):
+    report = store.read_json(trained / "recs" / "report.json")
+    manifest = store.read_json(trained / "recs" / "manifest.json")
+    state = store.read_json(trained / "pco" / "state.json")
+    made = [h["round"] for h in state["history"] if h["novelty"] == state["current"]["novelty"]]
+    assert report["track"] == "main" and report["round"] == made[-1] == 1
+    assert report["novelty"] == state["current"]["novelty"]
+    models = report["models"]
+    for role in ("novelty", "relevance"):
+        assert models[role] == manifest["inputs"][state["current"][role]]
+    assert models["dsie"] == manifest["inputs"]["dsie/dsie.safetensors"]
+    assert models["sid_version"] == manifest["lineage"]["sid_version"]
+    assert models["backbone"] == state["serving"]["backbone_fingerprint"]
+    with Reader(trained) as reader:
+        meta = reader.version
+    assert meta["generation"] == report["generation"] and meta["format"] == 1
+    for key in ("track", "round", "novelty", "relevance", "models", "weights", "before_period"):
+        assert meta[key] == report[key], key
+    assert meta["users"] == report["users"] and meta["k"] == 10
+
+
+def test_merged_shards_equal_the_full_run(trained, tmp_path):
+    w = _copy(trained, tmp_path / "merge")
+    full = _recs(w / "recs")
+    full_report = store.read_json(w / "recs" / "report.json")
+    full_options = store.read_json(w / "recs" / "manifest.json")["options"]
+    shutil.rmtree(w / "recs")
+    args = ("recommend", "--k", 10, "--n", 4, "--work", w)
+    for i in range(3):
+        r = coea(*args, "--shard", f"{i}/3")
+        assert r.code == 0, r.stderr
+    r = coea(*args, "--merge-shards", 4)
+    assert r.code == 2 and "run `coea recommend --shard 0/4` first" in r.stderr
+    r = coea("recommend", "--k", 5, "--n", 4, "--merge-shards", 3, "--work", w)
+    assert r.code == 2 and "--k 10" in r.stderr
+    r = coea(*args, "--merge-shards", 3, "--json")
+    assert r.code == 0, r.stderr
+    assert r.json()["merged_shards"] == 3 and r.json()["users"] == full_report["users"]
+    merged = _recs(w / "recs")
+    for col in ("user_id", "user", "rank", "item_id", "item", "cluster", "source"):
+        assert merged[col].to_pylist() == full[col].to_pylist(), col
+    np.testing.assert_allclose(merged["score"].to_numpy(), full["score"].to_numpy(), rtol=1e-5)
+    report = store.read_json(w / "recs" / "report.json")
+    for key in ("round", "novelty", "relevance", "models", "weights", "before_period"):
+        assert report[key] == full_report[key], key
+    assert store.read_json(w / "recs" / "manifest.json")["options"] == full_options
+    users = store.read_parquet(w / "data" / "users.parquet")["original_id"].to_pylist()
+    with Reader(w) as reader:
+        assert reader.version["generation"] == report["generation"]
+        for u, name in enumerate(users):
+            rows = merged.filter(pc.equal(merged["user_id"], u)).sort_by("rank")
+            assert list(reader.get(name).items) == rows["item"].to_pylist()
+    # the merge is what one run writes: recommend and the merge again are no-ops
+    for extra in ((), ("--merge-shards", 3)):
+        r = coea(*args, *extra, "--json")
+        assert r.code == 0 and r.json()["status"] == "up to date", (extra, r.stderr)
+    assert (w / "recs" / "shards" / "2-of-3" / "recs.parquet").exists()
+    # a shard made from other inputs than the current ones is refused
+    _edit_json(
+        w / "recs" / "shards" / "1-of-3" / "manifest.json",
+        lambda m: m["inputs"].update({"dsie/dsie.safetensors": "0" * 64}),
+    )
+    r = coea(*args, "--merge-shards", 3, "--force")
+    assert r.code == 2 and "1-of-3" in r.stderr and "--shard 1/3 --force" in r.stderr
 
 
 def test_unknown_user_is_bad_input(trained):

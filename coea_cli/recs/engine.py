@@ -33,6 +33,7 @@ class Variant:
     judge: bool = True  # Relevance best-of-n over the draws (off: the Novelty LLM alone)
     reserve: bool = True  # follow the draws with every other allowed cluster
     template_dir: str | None = None  # the prompt templates the track was trained with
+    round: int | None = None  # the round whose Novelty adapter this is
 
 
 def track_variant(
@@ -57,7 +58,11 @@ def track_variant(
         label = f"{track.name}@{round_}"
     novelty, relevance = ws.root / entry["novelty"], ws.root / entry["relevance"]
     templates = state["serving"].get("template_dir")
-    return Variant(name or label, novelty, relevance, spec, use_dsie, judge, reserve, templates)
+    made = [h["round"] for h in state["history"] if h["novelty"] == entry["novelty"]]
+    round_ = entry.get("round", made[-1] if made else None)
+    return Variant(
+        name or label, novelty, relevance, spec, use_dsie, judge, reserve, templates, round_
+    )
 
 
 def _check_cutoff(ws: Workspace, name: str, before: int, test: int) -> None:

@@ -16,9 +16,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from coea_cli.recs.candidates import Candidate
+from coea_cli.workspace.recs import RECORD, SOURCES
 
-SOURCES = ("draw", "reserve", "fill")
-DRAW, RESERVE, FILL = range(3)
+__all__ = [
+    "DRAW", "FILL", "RECORD", "RESERVE", "SOURCES", "Weights", "clusters_to_items", "user_list",
+]  # fmt: skip
+
+DRAW, RESERVE, FILL = range(3)  # indices of SOURCES
 
 
 @dataclass(frozen=True)
@@ -36,9 +40,6 @@ class Weights:
             r = min(max(c.relevance, 1e-6), 1 - 1e-6)
             logit = float(np.log(r / (1 - r)))
         return self.novelty * float(np.log(max(c.novelty, 1e-12))) + self.relevance * logit
-
-
-RECORD = np.dtype([("item", "<i4"), ("score", "<f4"), ("cluster", "<i4"), ("source", "u1")])
 
 
 def user_list(
