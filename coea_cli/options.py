@@ -796,9 +796,22 @@ class EvaluateOptions(Options):
         "stood before it (DSIE from `train-dsie --cutoff k`, each track's adapters of the last "
         "round accepted before k), events pooled; writes eval-rolling/.",
     )
+    recs: Path | None = opt(
+        None,
+        "Score another system's lists instead: a Parquet or CSV file with columns user, item "
+        "(original ids) and rank (1 = first), beside the simple rules and CoEA's stored lists, "
+        "with the same metrics and intervals; writes eval-NAME/.",
+    )
+    name: str | None = opt(
+        None, "Name of the system scored with --recs (default: the file's stem)."
+    )
 
     def check(self) -> None:
         self.cutoffs()
+        if self.recs is not None and self.rolling:
+            raise BadInput("give --recs or --rolling, not both")
+        if self.name is not None and self.recs is None:
+            raise BadInput("--name names the system of --recs FILE; give --recs too")
 
     def cutoffs(self) -> tuple[int, ...]:
         """--ks as sorted cut-offs; 10 is always added (the table and the targets use @10)."""

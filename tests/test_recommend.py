@@ -409,3 +409,101 @@ def test_weights_are_chosen_on_the_validation_period(trained):
     assert "dsie-before-1/dsie.safetensors" in manifest["inputs"]  # validated as of period 1
     r = coea("recommend", "--weights", "1,x", "--work", trained)
     assert r.code == 2 and "--weights" in r.stderr
+
+
+def _truth_and_history(work):
+    inter = store.read_parquet(work / "data" / "interactions.parquet")
+    test = store.read_json(work / "data" / "dataset.json")["test_period"]
+    users = inter["user_id"].to_numpy()
+    items = inter["item_id"].to_numpy()
+    period = inter["period"].to_numpy()
+    hist = {u: set(items[(users == u) & (period < test)].tolist()) for u in np.unique(users)}
+    truth = {u: set(items[(users == u) & (period == test)].tolist()) for u in np.unique(users)}
+    events = [u for u in sorted(truth) if truth[u] and hist[u]]
+    return events, truth, hist
+
+
+def test_evaluate_scores_another_systems_lists(trained, tmp_path):
+    import secrets
+
+    import pyarrow.csv as pacsv
+
+    w = _copy(trained, tmp_path / "ext")
+    # CoEA's own stored lists given as a file: the row equals CoEA (full), metric for metric
+    own = _recs(w / "recs").select(["user", "item", "rank"])
+    store.write_parquet(tmp_path / "own.parquet", own)
+    r = coea("evaluate", "--recs", tmp_path / "own.parquet", "--ks", "5,10", "--work", w, "--json")
+    assert r.code == 0, r.stderr
+    rep = r.json()
+    mine, full = rep["systems"]["own"], rep["systems"]["CoEA (full)"]
+    for key, value in full.items():
+        if not key.startswith("share_"):
+            assert mine[key] == pytest.approx(value, abs=1e-12, nan_ok=True), key
+    assert rep["comparisons"]["own vs CoEA (full)"]["HR@10"]["ratio"] in (1.0, None)
+    assert {"own vs DSIE unexplored", "own vs Popular unexplored"} <= set(rep["comparisons"])
+    assert {"DSIE unexplored", "Popularity", "DSIE top-K"} <= set(rep["systems"])
+    assert (w / "eval-own" / "report.md").exists() and (w / "eval-own" / "tradeoff.png").exists()
+    again = coea("evaluate", "--recs", tmp_path / "own.parquet", "--ks", "5,10", "--work", w)
+    assert again.code == 0 and "up to date" in again.stderr
+    # fresh random lists as CSV, some users left out: HR@10 and NDCG@10 by hand
+    seed = secrets.randbits(32)
+    rng = np.random.default_rng(seed)
+    users = store.read_parquet(w / "data" / "users.parquet")["original_id"].to_pylist()
+    items = store.read_parquet(w / "data" / "items.parquet")["original_id"].to_pylist()
+    listed = rng.choice(len(users), len(users) * 2 // 3, replace=False)
+    lists = {int(u): rng.choice(len(items), 12, replace=False) for u in listed}
+    rows = [(users[u], items[i], r + 1) for u, x in lists.items() for r, i in enumerate(x)]
+    rows = [rows[j] for j in rng.permutation(len(rows))]  # any row order
+    t = pa.table({"user": [a for a, _, _ in rows], "item": [b for _, b, _ in rows],
+                  "rank": [c for _, _, c in rows]})  # fmt: skip
+    pacsv.write_csv(t, tmp_path / "prod.csv")
+    r = coea("evaluate", "--recs", tmp_path / "prod.csv", "--ks", "10", "--work", w, "--json")
+    assert r.code == 0, r.stderr
+    row = r.json()["systems"]["prod"]
+    events, truth, _ = _truth_and_history(w)
+    hr, ndcg = [], []
+    for u in events:
+        top = lists.get(u, np.zeros(0, int))[:10]
+        rel = [int(i) in truth[u] for i in top]
+        hr.append(float(any(rel)))
+        dcg = sum(1 / np.log2(j + 2) for j, x in enumerate(rel) if x)
+        ndcg.append(dcg / sum(1 / np.log2(j + 2) for j in range(min(10, len(truth[u])))))
+    assert r.json()["users"] == len(events)
+    assert row["hr@10"] == pytest.approx(np.mean(hr), abs=1e-9), seed
+    assert row["ndcg@10"] == pytest.approx(np.mean(ndcg), abs=1e-9), seed
+    assert (
+        f"{len(lists) and sum(u in lists for u in events)} of the {len(events)}"
+        in (r.json()["notes"]["prod"])
+    )
+
+
+def test_evaluate_recs_bad_files_name_row_and_column(trained, tmp_path):
+    users = store.read_parquet(trained / "data" / "users.parquet")["original_id"].to_pylist()
+    items = store.read_parquet(trained / "data" / "items.parquet")["original_id"].to_pylist()
+    cases = {
+        "no_rank": ({"user": [users[0]], "item": [items[0]]}, "no column(s) ['rank']"),
+        "unknown_item": (
+            {"user": [users[0]] * 2, "item": [items[0], "nope"], "rank": [1, 2]},
+            "row 2: item 'nope' is not in data/items.parquet",
+        ),
+        "unknown_user": (
+            {"user": [users[0], "ghost"], "item": [items[0]] * 2, "rank": [1, 1]},
+            "row 2: user 'ghost' is not in data/users.parquet",
+        ),
+        "twice": (
+            {"user": [users[0]] * 2, "item": [items[0], items[1]], "rank": [1, 1]},
+            "row 2: the user has this rank twice",
+        ),
+        "rank0": ({"user": [users[0]], "item": [items[0]], "rank": [0]}, "row 1: column rank"),
+    }
+    before = sorted(p.name for p in trained.iterdir())
+    for name, (cols, message) in cases.items():
+        path = tmp_path / f"{name}.parquet"
+        store.write_parquet(path, pa.table(cols))
+        r = coea("evaluate", "--recs", path, "--work", trained)
+        assert r.code == 2 and message in r.stderr, (name, r.stderr)
+    assert sorted(p.name for p in trained.iterdir()) == before
+    r = coea("evaluate", "--recs", tmp_path / "missing.csv", "--work", trained)
+    assert r.code == 2 and "file not found" in r.stderr
+    r = coea("evaluate", "--name", "x", "--work", trained)
+    assert r.code == 2 and "--recs" in r.stderr

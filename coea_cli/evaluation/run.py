@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import time
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 
 from coea_cli import console, metrics, store
 from coea_cli.common import Ctx
-from coea_cli.errors import ArtifactError
 from coea_cli.evaluation import plots, systems
 from coea_cli.evaluation.report import clean, markdown
+from coea_cli.evaluation.stored import serving_options, stored_lists
 from coea_cli.evaluation.suite import baselines, coea_rows, comparisons, events_at
 from coea_cli.evaluation.table import Scores
-from coea_cli.options import EvaluateOptions, ServeOptions
+from coea_cli.options import EvaluateOptions
 from coea_cli.recs.engine import Engine, track_variant
-from coea_cli.recs.lists import RECORD, SOURCES
-from coea_cli.recs.tune import named
-from coea_cli.workspace import MAIN, Workspace, read_json, read_table
+from coea_cli.workspace import MAIN, Workspace, read_json
 
 
 def run_evaluate(ctx: Ctx[EvaluateOptions]) -> dict | None:
@@ -27,6 +24,10 @@ def run_evaluate(ctx: Ctx[EvaluateOptions]) -> dict | None:
     ws = ctx.ws
     ks = o.cutoffs()
     k_max = max(ks)
+    if o.recs is not None:
+        from coea_cli.evaluation.external import run_external
+
+        return run_external(ctx)
     console.log(metrics.protocol(ks))
     main = ws.track(MAIN).require_state()
     test = int(ws.dataset()["test_period"])
@@ -89,69 +90,8 @@ def _inputs(ws: Workspace) -> list[Path]:
     return paths + [ws.track(name).state_path() for name in ws.tracks()]
 
 
-def stored_lists(ws: Workspace, main: dict, test: int, k: int) -> dict:
-    """The lists `recommend` stored for the test period with the main track's current
-    adapters: {"lists": {user: RECORD array}, "options": ServeOptions, "seed": int}.
-    Lists made by other adapters, for another cutoff or shorter than K are refused."""
-    out = ws.recs()
-    report = read_json(out.require("report"), "recommend")
-    manifest = read_json(out.path / store.MANIFEST, "recommend")
-    cur = main["current"]
-    made = (report.get("novelty"), report.get("relevance"))
-    if made != (cur["novelty"], cur["relevance"]):
-        raise ArtifactError(
-            out.path,
-            "recommend",
-            f"the lists were made with {made[0]}, the main track now serves {cur['novelty']}",
-        )
-    if report.get("before_period") != test or report.get("shard"):
-        problem = "the lists are not those of every user at the test period"
-        raise ArtifactError(out.path, "recommend", problem)
-    options = manifest.get("options", {})
-    serve, seed = serving_options(ws)
-    if options.get("round") is not None or options.get("track", "main") != MAIN:
-        raise ArtifactError(
-            out.path, "recommend", "the lists are not the main track's current ones"
-        )
-    if options.get("k", 0) < k:
-        problem = f"the lists hold {options.get('k')} items, --ks needs {k}"
-        raise ArtifactError(out.path, f"recommend --k {k}", problem)
-    columns = ["user_id", "item_id", "score", "cluster", "source"]
-    table = read_table(out.require("table"), "recommend", columns)
-    weights = named(report.get("weights", "top-m"))
-    return {"lists": lists_of(table), "options": serve, "seed": seed, "weights": weights}
-
-
-def serving_options(ws: Workspace) -> tuple[ServeOptions, int]:
-    """The serving options and seed `recommend` made the stored lists with; the CoEA rows
-    built here use the same."""
-    out = ws.recs()
-    manifest = read_json(out.path / store.MANIFEST, "recommend")
-    options = manifest.get("options", {})
-    try:
-        serve = ServeOptions(**{f.name: options[f.name] for f in fields(ServeOptions)})
-    except KeyError as e:
-        raise ArtifactError(out.path, "recommend", f"the manifest records no {e}") from None
-    return serve, int(manifest.get("seed", 0))
-
-
 def rolling_text(ws: Workspace) -> str:
     return ws.rolling.require("markdown").read_text(encoding="utf-8")
-
-
-def lists_of(table) -> dict:
-    """recs.parquet rows (sorted by user, then rank) as {user: RECORD array}."""
-    users = table["user_id"].to_numpy()
-    rec = np.zeros(len(users), dtype=RECORD)
-    rec["item"] = table["item_id"].to_numpy()
-    rec["score"] = table["score"].to_numpy()
-    rec["cluster"] = table["cluster"].to_numpy()
-    source = np.array(table["source"].to_pylist())
-    for code, name in enumerate(SOURCES):
-        rec["source"][source == name] = code
-    cuts = np.flatnonzero(np.diff(users)) + 1
-    parts = zip(np.split(users, cuts), np.split(rec, cuts), strict=True)
-    return {int(u[0]): r for u, r in parts if len(u)}
 
 
 def coea_variants(ws: Workspace, main: dict, device: str, seed: int) -> list:

@@ -89,6 +89,7 @@ EVAL = {
     "tradeoff": "tradeoff.png",
 }
 ROLLING = {"report": "report.json", "markdown": "report.md", "periods": "periods.png"}
+EXTERNAL = {"report": "report.json", "markdown": "report.md", "tradeoff": "tradeoff.png"}
 SIM = {
     "oracle": "oracle.safetensors",
     "periods": "periods.parquet",
@@ -153,6 +154,10 @@ class Workspace:
         if shard is not None:
             path = path / "shards" / f"{shard[0]}-of-{shard[1]}"
         return Dir(path, "recommend", RECS)
+
+    def external_eval(self, name: str) -> Dir:
+        """eval-NAME/: another system's lists scored by `evaluate --recs FILE --name NAME`."""
+        return Dir(self.root / f"eval-{check_name('--name', name)}", "evaluate --recs", EXTERNAL)
 
     def sim(self, name: str = "sim") -> Dir:
         return Dir(self.root / check_name("--out", name), "simulate", SIM)
