@@ -77,17 +77,18 @@ class Ctx(Generic[OptionsT]):
         )
 
     def fresh(self, st: Stage) -> bool:
-        """True (and logged) when `st` is up to date and --force is not given."""
-        if st.up_to_date() and not self.force:
-            where = (
-                st.folder.relative_to(self.work)
-                if st.folder.is_relative_to(self.work)
-                else st.folder
-            )
+        """True (and logged) when `st` is up to date and --force is not given; with
+        --verbose, why it is not."""
+        where = (
+            st.folder.relative_to(self.work) if st.folder.is_relative_to(self.work) else st.folder
+        )
+        why = st.stale_reason()
+        if why is None and not self.force:
             console.log(
                 f"{where} is up to date (inputs and options unchanged); use --force to rerun"
             )
             return True
+        console.debug(f"{where}: running ({'--force' if why is None else why})")
         return False
 
 
@@ -114,6 +115,7 @@ def run(command: str, common: dict, own: dict) -> None:
     except CoeaError as e:
         console.error(str(e))
         raise typer.Exit(e.exit_code) from None
+    console.set_level(ctx.common.verbosity())
     module, name = target.split(":")
     cpu_threads()
     seed_everything(ctx.seed)
@@ -124,14 +126,14 @@ def run(command: str, common: dict, own: dict) -> None:
         console.error(str(e))
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
-        console.err.print("[red]interrupted[/]: previous artifacts are intact")
+        console.error("interrupted: previous artifacts are intact")
         raise typer.Exit(130) from None
     except Exception as e:  # internal error: exit 1, traceback only when asked
         if os.environ.get("COEA_DEBUG"):
             traceback.print_exc()
         else:
             console.error(f"internal error in {command}: {type(e).__name__}: {e}")
-            console.err.print("set COEA_DEBUG=1 for the traceback")
+            console.err.print(console.stamp() + "set COEA_DEBUG=1 for the traceback", markup=False)
         raise typer.Exit(EXIT_INTERNAL) from None
     if result is not None:
         console.emit(result, ctx.json)

@@ -1,4 +1,10 @@
-"""Logging and progress on stderr, results on stdout."""
+"""Logging and progress on stderr, results on stdout.
+
+Verbosity (`--quiet`, `--verbose` on every command, or `set_level`): QUIET shows warnings and
+errors only; NORMAL adds log lines and progress; VERBOSE adds `debug` lines. When stderr is
+not a terminal (a log file, a pipe, cron), every line starts with a UTC timestamp and
+progress bars become a plain line now and then.
+"""
 
 from __future__ import annotations
 
@@ -19,21 +25,45 @@ from rich.progress import (
 )
 
 LOG_EVERY = 30.0  # seconds between progress lines when stderr is not a terminal
+QUIET, NORMAL, VERBOSE = 0, 1, 2
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
+_level = {"value": NORMAL}
+
+
+def set_level(level: int) -> None:
+    _level["value"] = int(level)
+
+
+def level() -> int:
+    return _level["value"]
+
+
+def stamp() -> str:
+    """A UTC timestamp and a space when stderr is not a terminal, else nothing."""
+    if err.is_terminal:
+        return ""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ ", time.gmtime())
 
 
 def log(message: str) -> None:
-    err.print(message, markup=False)
+    if _level["value"] >= NORMAL:
+        err.print(stamp() + message, markup=False)
+
+
+def debug(message: str) -> None:
+    """A detail shown with --verbose only."""
+    if _level["value"] >= VERBOSE:
+        err.print(stamp() + message, markup=False)
 
 
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/] {escape(message)}")
+    err.print(f"{escape(stamp())}[yellow]warning:[/] {escape(message)}")
 
 
 def error(message: str) -> None:
-    err.print(f"[red]error:[/] {escape(message)}")
+    err.print(f"{escape(stamp())}[red]error:[/] {escape(message)}")
 
 
 @contextmanager
@@ -51,9 +81,22 @@ def progress(description: str, total: int | None, unit: str = ""):
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
     ]
-    interactive = err.is_terminal
+    shown = _level["value"] >= NORMAL
+    interactive = err.is_terminal and shown
     bar = Progress(*columns, console=err, transient=False, disable=not interactive)
-    state = {"done": 0, "logged": time.monotonic()}
+    state = {"done": 0, "logged": time.monotonic(), "start": time.monotonic(), "printed": 0}
+    state["info"] = ""
+
+    def line(now: float, closing: bool = False) -> None:
+        state["logged"], state["printed"] = now, state["done"]
+        of = f"/{total}" if total else ""
+        eta = ""
+        if total and state["done"] < total and state["done"] and not closing:
+            left = (now - state["start"]) / state["done"] * (total - state["done"])
+            eta = f" (about {_duration(left)} left)"
+        text = f"{description}: {state['done']}{of} {unit}{eta} {state['info']}".rstrip()
+        err.print(stamp() + text, markup=False)
+
     with bar:
         task = bar.add_task(description, total=total, info="")
 
@@ -61,15 +104,15 @@ def progress(description: str, total: int | None, unit: str = ""):
             info = "  ".join(f"{k}={_fmt(v)}" for k, v in fields.items())
             bar.update(task, advance=n, info=info)
             state["done"] += n
+            state["info"] = info
             now = time.monotonic()
-            if not interactive and (now - state["logged"] >= LOG_EVERY or state["done"] == total):
-                state["logged"] = now  # logs and cron: a plain line now and then
-                of = f"/{total}" if total else ""
-                err.print(
-                    f"{description}: {state['done']}{of} {unit} {info}".rstrip(), markup=False
-                )
+            last = state["done"] == total
+            if shown and not interactive and (now - state["logged"] >= LOG_EVERY or last):
+                line(now)  # logs and cron: a plain line now and then, and at the end
 
         yield advance
+        if shown and not interactive and state["done"] != state["printed"]:
+            line(time.monotonic(), closing=True)  # stopped before the total (early stopping)
 
 
 def quiet_libraries() -> None:
@@ -94,6 +137,15 @@ def quiet_libraries() -> None:
 
 def _no_hub_kernels(record) -> bool:
     return "kernels-community" not in record.getMessage()
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
 def _fmt(value) -> str:

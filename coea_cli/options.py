@@ -201,6 +201,20 @@ class Common(Options):
     device: Device = opt(Device.auto, "auto (CUDA when present), cpu or cuda.")
     force: bool = opt(False, "Run even when inputs and options are unchanged since last run.")
     json_out: bool = opt(False, "Print the result as JSON on stdout.", flag="--json")
+    quiet: bool = opt(
+        False, "Only warnings and errors on stderr (no log lines, no progress).", flag="--quiet"
+    )
+    verbose: bool = opt(
+        False, "More on stderr: why a command reruns, and each step's details.", flag="--verbose"
+    )
+
+    def check(self) -> None:
+        if self.quiet and self.verbose:
+            raise BadInput("give --quiet or --verbose, not both")
+
+    def verbosity(self) -> int:
+        """0 quiet, 1 normal, 2 verbose (as console's levels)."""
+        return 0 if self.quiet else 2 if self.verbose else 1
 
 
 # ---------------------------------------------------------------- prepare

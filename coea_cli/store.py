@@ -301,25 +301,36 @@ class Stage:
 
     def up_to_date(self) -> bool:
         """True when the folder holds this command's outputs for the same options and inputs."""
+        return self.stale_reason() is None
+
+    def stale_reason(self) -> str | None:
+        """None when up to date, else what differs (for --verbose)."""
         recover(self.folder)
         path = self.manifest_path()
         if not path.exists():
-            return False
+            return "no previous output"
         try:
             old = read_json(path)
         except (OSError, json.JSONDecodeError):
-            return False
-        if old.get("command") != self.command or old.get("options") != normalise(self.options):
-            return False
+            return "unreadable manifest"
+        if old.get("command") != self.command:
+            return f"written by {old.get('command')!r}"
+        options = normalise(self.options)
+        if old.get("options") != options:
+            prev = old.get("options") or {}
+            keys = sorted(k for k in set(prev) | set(options) if prev.get(k) != options.get(k))
+            return "options changed: " + ", ".join(keys)
         if old.get("seed") != self.seed:
-            return False
-        if old.get("inputs") != self.input_hashes():
-            return False
+            return f"seed changed ({old.get('seed')} -> {self.seed})"
+        hashes, prev = self.input_hashes(), old.get("inputs") or {}
+        if prev != hashes:
+            keys = sorted(k for k in set(prev) | set(hashes) if prev.get(k) != hashes.get(k))
+            return "inputs changed: " + ", ".join(keys)
         for rel, digest in old.get("outputs", {}).items():
             out = self.folder / rel
             if not out.exists() or sha256_path(out) != digest:
-                return False
-        return True
+                return f"output {rel} missing or changed"
+        return None
 
     def keyed_inputs(self) -> dict[str, Path]:
         if isinstance(self.inputs, Mapping):

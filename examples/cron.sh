@@ -29,7 +29,9 @@ log() { echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) cron: $*" >&2; }
 step() {
   log "coea $*"
   "$COEA" "$@" "${CONFIG[@]}" --work "$WORK" \
-    2> >(while IFS= read -r line; do log "  $line"; done) >/dev/null
+    2> >(while IFS= read -r line; do  # coea stamps its own lines when piped
+           if [[ $line =~ ^[0-9]{4}-[0-9]{2}-[0-9]{2}T ]]; then echo "$line" >&2; else log "  $line"; fi
+         done) >/dev/null
   local rc=$?
   if [ "$rc" -ne 0 ]; then
     log "FAILED with exit $rc: coea $* (see README, 'When a week fails')"

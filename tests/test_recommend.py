@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -156,6 +157,9 @@ def test_merged_shards_equal_the_full_run(trained, tmp_path):
     for i in range(3):
         r = coea(*args, "--shard", f"{i}/3")
         assert r.code == 0, r.stderr
+        # progress of each LLM phase (a plain line at the end when stderr is not a terminal)
+        assert re.search(r"Novelty LLM: cluster probabilities: (\d+)/\1 prompts", r.stderr)
+        assert re.search(r"Relevance LLM: judging the draws: (\d+)/\1 prompts", r.stderr)
     r = coea(*args, "--merge-shards", 4)
     assert r.code == 2 and "run `coea recommend --shard 0/4` first" in r.stderr
     r = coea("recommend", "--k", 5, "--n", 4, "--merge-shards", 3, "--work", w)

@@ -173,22 +173,28 @@ class Trainer:
     def _tensors(self, batch: dict) -> dict:
         return {k: torch.as_tensor(v, device=self.device) for k, v in batch.items()}
 
-    def train_epoch(self) -> dict:
+    def _batches(self, epoch: int) -> list[np.ndarray]:
+        lengths = self.windows.lengths()
+        order = batch_order(lengths, self.cfg.batch_size, self.cfg.seed, epoch)
+        return [b for b in order if len(b) >= self.world]
+
+    def train_epoch(self, advance=None) -> dict:
+        """One pass over the training windows. `advance(n, **fields)` is called after each
+        batch (fit's overall progress bar); without it the epoch draws its own bar."""
         cfg, world = self.cfg, self.world
         lengths = self.windows.lengths()
-        batches = [
-            b for b in batch_order(lengths, cfg.batch_size, cfg.seed, self.epoch) if len(b) >= world
-        ]
+        batches = self._batches(self.epoch)
         self.net.train()
         total = torch.zeros(4, dtype=torch.float64)
         amp = self.cfg.amp and self.device.startswith("cuda")
         start = time.perf_counter()
         done = 0
-        bar = (
-            console.progress(f"{self.label} epoch {self.epoch + 1}", len(batches), "batches")
-            if self.rank == 0
-            else nullcontext(lambda n=1, **fields: None)
-        )
+        if advance is not None:
+            bar = nullcontext(advance)
+        elif self.rank == 0:
+            bar = console.progress(f"{self.label} epoch {self.epoch + 1}", len(batches), "batches")
+        else:
+            bar = nullcontext(lambda n=1, **fields: None)
         with bar as advance:
             for idx in batches:
                 count = int((lengths[idx] - 1).sum())
@@ -219,7 +225,11 @@ class Trainer:
                 self.step_losses.append(float(part[0]) / count)
                 done += len(idx)
                 elapsed = time.perf_counter() - start
-                advance(loss=float(part[0]) / count, seq_s=round(done / max(elapsed, 1e-9)))
+                advance(
+                    epoch=f"{self.epoch + 1}/{cfg.epochs}",
+                    loss=float(part[0]) / count,
+                    seq_s=round(done / max(elapsed, 1e-9)),
+                )
         seconds = time.perf_counter() - start
         self.train_seconds += seconds
         self.sequences += done
@@ -239,18 +249,27 @@ class Trainer:
         if resume:
             self.load_checkpoint()
         cfg = self.cfg
-        while self.epoch < cfg.epochs and not self.stopped:
-            stats = self.train_epoch()
-            self.epoch += 1
-            row = {"epoch": self.epoch, **{k: round(v, 5) for k, v in stats.items()}}
-            if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
-                metrics = self.evaluate(self.model)
-                row["val"] = metrics
-                self._early_stop(metrics)
-            self.history.append(row)
-            if self.rank == 0:
-                console.log(self._epoch_line(row, stats))
-            self.save_checkpoint()
+        # one bar over every epoch left (batches per epoch are the same in each), so the ETA
+        # is the whole training's; early stopping ends it before the total
+        total = sum(len(self._batches(e)) for e in range(self.epoch, cfg.epochs))
+        bar = (
+            console.progress(f"{self.label} training", total, "batches")
+            if self.rank == 0
+            else nullcontext(lambda n=1, **fields: None)
+        )
+        with bar as advance:
+            while self.epoch < cfg.epochs and not self.stopped:
+                stats = self.train_epoch(advance)
+                self.epoch += 1
+                row = {"epoch": self.epoch, **{k: round(v, 5) for k, v in stats.items()}}
+                if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
+                    metrics = self.evaluate(self.model)
+                    row["val"] = metrics
+                    self._early_stop(metrics)
+                self.history.append(row)
+                if self.rank == 0:
+                    console.log(self._epoch_line(row, stats))
+                self.save_checkpoint()
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         return {

@@ -201,13 +201,14 @@ def sample_clusters(
     top_k: int | None = None,
     max_batch: int = 64,
     seed: int | None = None,
+    label: str | None = None,
 ) -> Samples:
     """Sample ``n`` clusters per prompt under the trie constraint.
 
     ``banned_per_prompt[i]`` are clusters prompt ``i`` may not produce (its familiar ones); a
     prompt with every cluster banned gets an empty list. At most ``max_batch`` sequences are
     generated per call to ``generate``. The model's own generation config is never used.
-    ``seed`` seeds torch's global generator first.
+    ``seed`` seeds torch's global generator first. ``label``: show progress under it.
     """
     if temperature <= 0:
         raise ValueError("temperature must be > 0")
@@ -237,9 +238,10 @@ def sample_clusters(
     hf.generation_config = GenerationConfig()
     per_call = max(1, max_batch // n)
     try:
-        with _EvalMode(model):
+        with _EvalMode(model), _progress(label, len(todo)) as advance:
             for start in range(0, len(todo), per_call):
                 chunk = todo[start : start + per_call]
+                advance(len(chunk))
                 input_ids, mask, _ = left_pad([ids[i] for i in chunk], pad, model_device(model))
                 rows = [tries[i] for i in chunk for _ in range(n)]
                 proc = ClusterConstraint(rows, input_ids.shape[1], eos)
@@ -325,6 +327,7 @@ def cluster_logprobs(
     *,
     constrained: bool = True,
     batch_size: int = 32,
+    label: str | None = None,
 ):
     """Exact log P(cluster | prompt) for every prompt and candidate: float32 ``[P, C]`` on CPU.
 
@@ -342,12 +345,13 @@ def cluster_logprobs(
     ids = encode_prompts(tokenizer, prompts)
     per_call = max(1, batch_size // len(table.prefixes))
     rows = []
-    with _EvalMode(model):
+    with _EvalMode(model), _progress(label, len(ids)) as advance:
         for s in range(0, len(ids), per_call):
             lp = table_logprobs(
                 model, ids[s : s + per_call], table, _pad_id(tokenizer), constrained
             )
             rows.append(lp.cpu())
+            advance(len(ids[s : s + per_call]))
     return torch.cat(rows) if rows else torch.zeros(0, len(trie))
 
 
@@ -357,8 +361,10 @@ def relevance_logits(model, prompt_ids, yes_no: tuple[int, int], pad_id: int):
     return logits[:, list(yes_no)]
 
 
-def relevance_scores(model, tokenizer, prompts: Sequence[str], *, batch_size: int = 32):
-    """P(Yes) per prompt, float32 ``[P]`` on CPU.
+def relevance_scores(
+    model, tokenizer, prompts: Sequence[str], *, batch_size: int = 32, label: str | None = None
+):
+    """P(Yes) per prompt, float32 ``[P]`` on CPU (``label``: show progress under it).
 
     Normalised over the two answer tokens only: softmax([logit(Yes), logit(No)])[0], so the
     score is a probability even when the model puts mass on other tokens.
@@ -368,8 +374,20 @@ def relevance_scores(model, tokenizer, prompts: Sequence[str], *, batch_size: in
     yes_no = answer_token_ids(tokenizer)
     ids = encode_prompts(tokenizer, prompts)
     out = []
-    with _EvalMode(model):
+    with _EvalMode(model), _progress(label, len(ids)) as advance:
         for s in range(0, len(ids), batch_size):
             pair = relevance_logits(model, ids[s : s + batch_size], yes_no, _pad_id(tokenizer))
             out.append(torch.softmax(pair, -1)[:, 0].cpu())
+            advance(len(pair))
     return torch.cat(out) if out else torch.zeros(0)
+
+
+def _progress(label: str | None, total: int):
+    """A progress bar over `total` prompts under `label`; a no-op without a label."""
+    from contextlib import nullcontext
+
+    from coea_cli import console
+
+    if label is None or total == 0:
+        return nullcontext(lambda n=1, **fields: None)
+    return console.progress(label, total, "prompts")

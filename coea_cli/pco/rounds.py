@@ -175,13 +175,14 @@ class RoundZero(RoundBase):
         n = max(o.n, 10)
         samples = sample_clusters(
             self.novelty, self.tok, prompts, trie, held_banned,
-            n=n, temperature=o.temperature, seed=self.seed,
+            n=n, temperature=o.temperature, seed=self.seed, label="held-out: Novelty sampling",
         )  # fmt: skip
         popular = scoring.popularity_top(Counter(t.target for t in self.train), held_banned, 5)
         rows = relevance_labels(held, self.clusters, self.rng)
         scores = relevance_scores(
-            self.relevance, self.rtok, [self.prompter.relevance(c, k) for c, k, _ in rows]
-        ).numpy()
+            self.relevance, self.rtok, [self.prompter.relevance(c, k) for c, k, _ in rows],
+            label="held-out: Relevance scoring",
+        ).numpy()  # fmt: skip
         return {
             "novelty_hr@5": scoring.hit_rate(exact, truth),
             "novelty_sampled_hr@5": scoring.hit_rate(
@@ -257,6 +258,7 @@ class RoundK(RoundBase):
         self.samples = sample_clusters(
             self.novelty, self.tok, self.prompts, trie, [u.banned for u in self.train],
             n=self.opt.n, temperature=self.opt.temperature, seed=self.seed_k,
+            label=f"round {self.k}: Novelty LLM sampling",
         )  # fmt: skip
 
     def verify(self) -> None:
@@ -274,7 +276,12 @@ class RoundK(RoundBase):
         self.rows = rows
         self.rel_prompts = [self.prompter.relevance(train[j].context, c) for j, c, _ in rows]
         self.score = (
-            relevance_scores(self.relevance, self.rtok, self.rel_prompts).numpy()
+            relevance_scores(
+                self.relevance,
+                self.rtok,
+                self.rel_prompts,
+                label=f"round {self.k}: Relevance LLM verifying",
+            ).numpy()
             if rows
             else np.zeros(0)
         )
@@ -323,7 +330,8 @@ class RoundK(RoundBase):
         if not rows:
             return float("nan")
         prompts = [self.prompter.relevance(x, c) for x, c, _ in rows]
-        score = relevance_scores(self.relevance, self.rtok, prompts).numpy()
+        label = f"round {self.k}: Relevance LLM on held-out users"
+        score = relevance_scores(self.relevance, self.rtok, prompts, label=label).numpy()
         return scoring.auc(np.array([y for *_, y in rows]), score)
 
     def finetune(self) -> None:
@@ -394,7 +402,8 @@ class RoundK(RoundBase):
         for name, cands in (("previous", self.prev_cands), ("new", new_cands)):
             flat = [(held[j].context, c) for j, row in enumerate(cands) for c in row]
             prompts = [self.prompter.relevance(x, c) for x, c in flat]
-            sc = relevance_scores(self.relevance, self.rtok, prompts).numpy()
+            label = f"round {self.k}: re-evaluating the {name} Novelty LLM"
+            sc = relevance_scores(self.relevance, self.rtok, prompts, label=label).numpy()
             best = scoring.rerank(cands, sc, o.top_m)
             novelty = scoring.cluster_novelty(best, pop, self.world.n_users)
             self.quality[name] = {
@@ -528,11 +537,13 @@ def _dpo_pairs(rows, pos, neg, prompts):
 
 
 def report_on_test_period(
-    world: World, model, tok, prompter, use_dsie: bool = True, k: int = 5
+    world: World, model, tok, prompter, use_dsie: bool = True, ks: tuple[int, ...] = (5, 10)
 ) -> dict:
     """Evaluation only (never used to accept a round): the Novelty LLM's top-k novel clusters
-    for users of the test period, with context as of its start. `first` counts a hit only on
-    the first new cluster each user engages in the period; `any` on any of them."""
+    for users of the test period, with context as of its start, at each k of `ks` (10 is the
+    evaluation table's cut-off; the k = 5 keys carry no suffix on the novelty figures, as
+    before). `first` counts a hit only on the first new cluster each user engages in the
+    period; `any` on any of them."""
     test = world.test_period
     users = [u for u in period_users(world, test, use_dsie=use_dsie) if u.novel]
     during = world.history.during(test)
@@ -541,14 +552,15 @@ def report_on_test_period(
         clusters = world.item_cluster[during.of(u.context.user)]
         first.append({next((int(c),) for c in clusters if (int(c),) not in u.banned)})
     prompts = [prompter.novelty(u.context) for u in users]
-    top = scoring.top_clusters(model, tok, prompts, [u.banned for u in users], world.clusters(), k)
+    banned = [u.banned for u in users]
+    top = scoring.top_clusters(model, tok, prompts, banned, world.clusters(), max(ks))
     pop = cluster_popularity(world, test)
-    return {
-        f"test_first_novel_hr@{k}": scoring.hit_rate(top, first),
-        f"test_novelty_hr@{k}": scoring.hit_rate(top, [u.novel for u in users]),
-        **{
-            f"test_cluster_{a}": b
-            for a, b in scoring.cluster_novelty(top, pop, world.n_users).items()
-        },
-        "test_users": len(users),
-    }
+    out: dict = {}
+    for k in ks:
+        head = [row[:k] for row in top]
+        suffix = "" if k == 5 else f"@{k}"
+        out[f"test_first_novel_hr@{k}"] = scoring.hit_rate(head, first)
+        out[f"test_novelty_hr@{k}"] = scoring.hit_rate(head, [u.novel for u in users])
+        for a, b in scoring.cluster_novelty(head, pop, world.n_users).items():
+            out[f"test_cluster_{a}{suffix}"] = b
+    return {**out, "test_users": len(users)}

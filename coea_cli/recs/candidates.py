@@ -59,7 +59,13 @@ def user_candidates(
     col = {c: j for j, c in enumerate(clusters)}
     prompt = {u: prompter.novelty(contexts[u]) for u in users}
     unique = list(dict.fromkeys(prompt.values()))
-    lp = cluster_logprobs(*novelty, unique, clusters, batch_size=batch_size).numpy()
+    lp = cluster_logprobs(
+        *novelty,
+        unique,
+        clusters,
+        batch_size=batch_size,
+        label="Novelty LLM: cluster probabilities",
+    ).numpy()
     row = {p: r for r, p in enumerate(unique)}
     drawn: dict[int, list[Cluster]] = {}
     probs: dict[int, np.ndarray] = {}
@@ -105,6 +111,8 @@ def _judge(drawn, contexts, relevance, prompter, batch_size) -> dict[tuple[int, 
         return {}
     prompts = [prompter.relevance(contexts[u], c) for u, c in pairs]
     unique = list(dict.fromkeys(prompts))
-    scores = relevance_scores(*relevance, unique, batch_size=batch_size).numpy()
+    scores = relevance_scores(
+        *relevance, unique, batch_size=batch_size, label="Relevance LLM: judging the draws"
+    ).numpy()
     of = dict(zip(unique, scores.tolist(), strict=True))
     return {pair: of[p] for pair, p in zip(pairs, prompts, strict=True)}
