@@ -362,4 +362,5 @@ def similarity_matrix(hist: np.ndarray, labels: np.ndarray, n_groups: int) -> di
         "inter": float(inter),
         "users": int(keep.sum()),
         "users_without_history": int((~keep).sum()),
+        "sizes": n.astype(np.int64).tolist(),  # users of each group the matrix covers
     }

@@ -99,6 +99,8 @@ def compute_groups(ctx: Ctx[GroupOptions]) -> dict:
         "personas": personas,
         "emb": emb,
         "matrix": sim["matrix"],
+        "matrix_sizes": sim["sizes"],
+        "matrix_users": (sim["users"], sim["users_without_history"]),
         "sizes": sizes,
         "report": report,
     }
@@ -190,7 +192,7 @@ def _personas(ctx: Ctx[GroupOptions], stats) -> list[Persona]:
 
 
 def write_outputs(ws: Workspace, folder: Path, r: dict) -> None:
-    from coea_cli.groups.plot import similarity_heatmap
+    from coea_cli.groups.plot import group_name, similarity_heatmap
 
     periods = sorted(r["by_period"])
     n_users = len(r["labels"])
@@ -234,10 +236,14 @@ def write_outputs(ws: Workspace, folder: Path, r: dict) -> None:
     )
     store.write_json(ws.groups_dir.file("report", folder), r["report"])
     rep = r["report"]["similarity"]
+    covered, without = r["matrix_users"]
+    names = [group_name(s.group, s.cluster_labels, s.attributes) for s in stats]
     similarity_heatmap(
         r["matrix"],
-        r["sizes"],
+        r["matrix_sizes"],
         ws.groups_dir.file("plot", folder),
         f"mean user similarity within/between groups (intra {rep['intra']:.3f}, "
-        f"inter {rep['inter']:.3f})",
+        f"inter {rep['inter']:.3f}); {covered} users with a history, {without} without "
+        "left out",
+        names,
     )
