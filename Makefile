@@ -1,5 +1,8 @@
 # Set-up and entry points. Every target creates the virtual environment when missing and
-# installs with constraints.txt, which pins torch to the CPU build 2.13.0.
+# installs with the test extras and constraints.txt, which pins the torch version (2.13.0) but
+# not its build: pip takes the torch already installed or the one its index offers (the
+# README says how to get the CPU or the CUDA build). The dev extra includes triton and
+# bitsandbytes so that their CPU tests run; `pip install -e .` alone installs neither.
 
 VENV   ?= .venv
 PY     := $(VENV)/bin/python

@@ -58,7 +58,19 @@ class TritonAttention(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None
 
 
+def has_triton() -> bool:
+    """Whether the triton package is installed (the CPU install leaves it out)."""
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
+
+
 def _triton_available(device: torch.device) -> None:
+    if not has_triton():
+        raise RuntimeError(
+            "backend='triton' needs the triton package, which the CPU install leaves out: "
+            "pip install 'coea[cuda]', or use backend='torch'"
+        )
     if device.type == "cuda":
         return
     from . import triton_attention
@@ -90,7 +102,7 @@ def attention(
     padding: "right" (valid tokens first) or "left" (valid tokens last).
     causal: key j is attended by query i only when j <= i, as positions in the padded sequence.
     Padded query positions output exactly 0 (and get zero gradients); so do rows of length 0.
-    scale defaults to D ** -0.5. backend: "auto" (Triton on CUDA, PyTorch otherwise), "triton"
+    scale defaults to D ** -0.5. backend: "auto" (Triton on CUDA when installed, PyTorch otherwise), "triton"
     or "torch". Returns [B, Hq, L, D] (strided like q on the Triton path).
     """
     _check(q, k, v)
@@ -100,7 +112,7 @@ def attention(
         raise ValueError(f"padding must be 'left' or 'right', got {padding!r}")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if backend == "auto":
-        backend = "triton" if q.is_cuda else "torch"
+        backend = "triton" if q.is_cuda and has_triton() else "torch"
     if backend == "torch":
         return attention_reference(
             q, k, v, causal=causal, lengths=lengths, padding=padding, scale=scale

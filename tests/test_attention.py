@@ -9,10 +9,17 @@ from pathlib import Path
 
 import pytest
 import torch
-import triton
 
 from coea_kernels import attention
-from coea_kernels import triton_attention as ta
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+if HAS_TRITON:
+    import triton
+
+    from coea_kernels import triton_attention as ta
+needs_triton = pytest.mark.skipif(
+    not HAS_TRITON, reason="triton is not installed (the CPU install leaves it out)"
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 # Bound on max|x - ref| / max|ref| for the output and for each gradient.
@@ -120,6 +127,7 @@ def check_case(case, dtype, device, backend, monkeypatch=None, seed=0):
     return out
 
 
+@needs_triton
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_triton_interpreter(case, dtype, monkeypatch):
@@ -133,6 +141,7 @@ def test_torch_reference(case):
     check_case(case, torch.float32, "cpu", "torch")
 
 
+@needs_triton
 def test_strided_inputs_and_scale():
     """Inputs in [B, L, H, D] memory (as transformers makes them) and a custom scale."""
     if not ta.INTERPRET:
@@ -165,11 +174,17 @@ def test_argument_errors(monkeypatch):
         attention(k, k, k, backend="cuda")
     with pytest.raises(ValueError, match="lengths"):
         attention(k, k, k, lengths=torch.tensor([1.5]))
-    monkeypatch.setattr(ta, "INTERPRET", False)
-    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+    if HAS_TRITON:
+        monkeypatch.setattr(ta, "INTERPRET", False)
+        with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+            attention(k, k, k, backend="triton")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)  # no triton
+    with pytest.raises(RuntimeError, match=r"pip install 'coea\[cuda\]'"):
         attention(k, k, k, backend="triton")
+    assert attention(k, k, k, backend="auto").shape == k.shape  # the PyTorch path
 
 
+@needs_triton
 def test_autotune_configs():
     """One config under the interpreter; on GPU a set per dtype, pruned to the length."""
     kernels = {"fwd": (ta._fwd_kernel, ta._FWD), "dkdv": (ta._bwd_dkdv_kernel, ta._DKDV),
@@ -207,6 +222,7 @@ def _load_bench():
     return module
 
 
+@needs_triton
 def test_bench_flops_and_smoke(tmp_path):
     bench = _load_bench()
     # Causal rows of 3 and 4 tokens: 6 + 10 attended pairs, times 4 * D * heads.
@@ -222,6 +238,7 @@ def test_bench_flops_and_smoke(tmp_path):
         assert mine["max_err"] < 1e-4 and mine["speedup_fwd"] > 0 and mine["of_flash_fwd"] > 0
 
 
+@needs_triton
 def test_compiles_for_hopper():
     """The CUDA path (not the interpreter) compiles for sm_90 with a small set of configs."""
     code = (
@@ -240,6 +257,7 @@ def test_compiles_for_hopper():
     assert int(done.stdout.split()[-1]) == 2 * 4  # 2 dtypes x (3 kernels + preprocess)
 
 
+@needs_triton
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("case", CUDA_CASES + CASES, ids=[c[0] for c in CUDA_CASES + CASES])
@@ -247,6 +265,7 @@ def test_triton_cuda(case, dtype, monkeypatch):
     check_case(case, dtype, "cuda", "triton", monkeypatch)
 
 
+@needs_triton
 @pytest.mark.cuda
 @pytest.mark.parametrize("case", CUDA_CASES[:2], ids=[c[0] for c in CUDA_CASES[:2]])
 def test_triton_cuda_fp32_and_auto(case):

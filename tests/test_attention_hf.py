@@ -6,7 +6,10 @@ import pytest
 import torch
 
 import coea_kernels.hf as hf
-from coea_kernels import triton_attention as ta
+from coea_kernels.attention import has_triton
+
+if has_triton():
+    from coea_kernels import triton_attention as ta
 
 transformers = pytest.importorskip("transformers")
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config  # noqa: E402
@@ -18,6 +21,8 @@ LENGTHS = [13, 6, 1]
 
 
 def _backend() -> str:
+    if not has_triton():
+        return "torch"
     return "triton" if torch.cuda.is_available() or ta.INTERPRET else "torch"
 
 

@@ -1,3 +1,5 @@
+import importlib.util
+
 import pytest
 import torch
 from safetensors import safe_open
@@ -22,6 +24,10 @@ from tests.llm_fixtures import (
 )
 
 PROJ = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
+needs_bnb = pytest.mark.skipif(
+    not HAS_BNB, reason="bitsandbytes is not installed (the plain install leaves it out)"
+)
 
 
 def _examples(n=8):
@@ -157,6 +163,7 @@ def _packed(peft):
     return [bool(getattr(m.weight.quant_state, "packing_format_for_cpu", False)) for m in mods]
 
 
+@needs_bnb
 def test_4bit_lora_grads_unaffected_by_eval_forward(tmp_path):
     from bitsandbytes.functional import has_avx512bf16
 
@@ -194,6 +201,7 @@ def test_4bit_lora_grads_unaffected_by_eval_forward(tmp_path):
         assert (undone[k] - ref[k]).norm() <= 2e-2 * ref[k].norm()
 
 
+@needs_bnb
 def test_8bit_lora_step(tmp_path):
     model, tok = load_backbone(save_base(tmp_path / "b", with_sid=True), quant="8bit", device="cpu")
     assert model.is_loaded_in_8bit and lora_target_modules(model) == PROJ

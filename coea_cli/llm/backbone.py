@@ -26,6 +26,13 @@ def quant_config(quant: str, device: str):
 
     if quant == "none":
         return None
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise BadInput(
+            f"--quant {quant} needs bitsandbytes, which the plain install leaves out: "
+            "pip install 'coea[cuda]' (or --quant none)"
+        )
     if quant == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     compute = torch.bfloat16 if device == "cuda" else torch.float32
