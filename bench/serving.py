@@ -113,6 +113,25 @@ def _latency(lat_ns: np.ndarray) -> dict:
     }
 
 
+def floor(folder: Path, users: list[str], n: int, seed: int) -> dict:
+    """The same keys read with py-lmdb alone (keys encoded beforehand, one transaction, no
+    result object): what any Python reader of this store can at best do on this machine."""
+    import lmdb
+
+    keys = [
+        ("o:" + users[i]).encode() for i in np.random.default_rng(seed).integers(0, len(users), n)
+    ]
+    env = lmdb.open(str(folder / "recs.lmdb"), readonly=True, lock=False, readahead=False)
+    with env.begin() as txn:
+        get = txn.get
+        w0, c0 = _clock()
+        for key in keys:
+            get(key)
+        w1, c1 = _clock()
+    env.close()
+    return {"per_s_wall": n / (w1 - w0), "per_s_cpu": n / max(c1 - c0, 1e-9)}
+
+
 def batches(reader: Reader, users: list[str], n: int, seed: int, size: int = 100) -> dict:
     order = [users[i] for i in np.random.default_rng(seed).integers(0, len(users), n)]
     w0, c0 = _clock()
@@ -211,6 +230,9 @@ def main() -> None:
     res["lookup"] = lookups(reader, users, a.lookups, a.seed, decode=False)
     res["lookup_decode"] = lookups(reader, users, a.lookups, a.seed, decode=True)
     res["get_many"] = batches(reader, users, a.lookups, a.seed)
+    reader.close()  # py-lmdb opens one environment per file and process
+    res["lmdb_floor"] = floor(folder, users, a.lookups, a.seed)
+    reader = Reader(folder)
     if tmp is not None:
         res["rewrite"] = rewrite(folder, reader, users, a)
     reader.close()
@@ -226,6 +248,9 @@ def main() -> None:
     g = res["get_many"]
     print(f"get_many (batches of {g['batch']}): {g['per_s_wall']:,.0f} users/s wall, "
           f"{g['per_s_cpu']:,.0f}/s per CPU second")  # fmt: skip
+    f = res["lmdb_floor"]
+    print(f"py-lmdb get alone (pre-encoded keys): {f['per_s_wall']:,.0f}/s wall, "
+          f"{f['per_s_cpu']:,.0f}/s per CPU second")  # fmt: skip
     if "rewrite" in res:
         print(f"rewrite: {res['rewrite']}")
     print("goal: >= 300,000 lookups/s and p99 < 50 us")

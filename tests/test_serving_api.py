@@ -261,3 +261,14 @@ def test_lists_padded_and_checked():
     assert full[1]["item"].tolist() == [5, 6] and full[4]["item"].tolist() == [7]
     with pytest.raises(ValueError):
         layout.Lists(np.array([4, 1]), np.array([0, 2, 3]), rec)
+
+
+def test_the_reader_imports_no_model_library():
+    code = (
+        "import sys, coea_cli.serving;"
+        "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
