@@ -511,3 +511,20 @@ def test_evaluate_recs_bad_files_name_row_and_column(trained, tmp_path):
     assert r.code == 2 and "file not found" in r.stderr
     r = coea("evaluate", "--name", "x", "--work", trained)
     assert r.code == 2 and "--recs" in r.stderr
+
+
+def test_evaluate_is_a_noop_when_up_to_date_and_reruns_with_force(trained, tmp_path):
+    w = _copy(trained, tmp_path / "make")
+    r = coea("evaluate", "--ks", "5,10", "--work", w)
+    assert r.code == 0, r.stderr
+    report = w / "eval" / "report.json"
+    before = report.stat().st_mtime_ns
+    r = coea("evaluate", "--ks", "5,10", "--work", w)
+    assert r.code == 0 and "eval is up to date" in r.stderr
+    assert report.stat().st_mtime_ns == before
+    assert "| CoEA (full) |" in r.stdout  # the stored table is printed again
+    r = coea("evaluate", "--ks", "5,10", "--work", w, "--force", "--verbose")
+    assert r.code == 0 and "eval: running (--force)" in r.stderr
+    assert report.stat().st_mtime_ns != before
+    r = coea("evaluate", "--ks", "5,10", "--mmr-lambda", 0.3, "--work", w, "--verbose")
+    assert r.code == 0 and "eval: running (options changed: mmr_lambda)" in r.stderr
