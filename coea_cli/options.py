@@ -744,7 +744,9 @@ class RecommendOptions(ServeOptions):
     LLM samples clusters and the Relevance LLM ranks them; the user's best unseen novel
     clusters give items ranked by DSIE. The track's adapters are served as they were trained
     (backbone, LoRA, context: a track trained with --no-dsie gets no persona and popularity
-    ranking). Writes recs/recs.lmdb and recs/recs.parquet; --user reads one stored list."""
+    ranking). Writes recs/recs.lmdb and recs/recs.parquet (with the round and models that made
+    them); --user reads one stored list; --shard I/N computes a slice and --merge-shards N
+    merges the slices."""
 
     user: str | None = opt(
         None, "Print this user's stored list (original user id) and exit.", recorded=False
@@ -800,7 +802,8 @@ class EvaluateOptions(Options):
     w/o DSIE and full CoEA side by side. Full CoEA is scored from the stored lists
     (recs/recs.parquet, which must be the main track's current ones); the CoEA ablations are
     built here with the same serving options and seed as those lists. Writes eval/report.json,
-    eval/report.md, eval/rounds.png (metrics across PCO rounds) and eval/tradeoff.png."""
+    eval/report.md, eval/rounds.png (metrics across PCO rounds) and eval/tradeoff.png. With
+    --recs FILE, another system's lists are scored the same way, into eval-NAME/."""
 
     ks: str = opt("5,10,20", "Cut-offs K, comma separated (10 is always included).")
     mmr_lambda: float = opt(0.5, "Relevance weight of the DSIE + MMR baseline.", ge=0, le=1)
