@@ -3,7 +3,8 @@ second and latency by original user id in one long-lived process, and a rewrite 
 by another process while this one serves.
 
     python bench/serving.py [--users 1000000] [--k 20] [--lookups 1000000] [--json out.json]
-    python bench/serving.py --work coea-work      # a workspace's recs/ instead (no rewrite)
+    python bench/serving.py --work coea-work      # a workspace's recs/ instead (no rewrite;
+                                                  # also prints recommend's users/s)
 
 Without --work a synthetic store (random lists, original ids that are not the dense ids) is
 written to a temporary folder with the same writer `recommend` uses. Figures:
@@ -225,6 +226,10 @@ def main() -> None:
         t = store.read_parquet(a.work / "data" / "users.parquet", ["original_id"])
         users = [str(u) for u in t["original_id"].to_pylist()]
         res["store"] = {"workspace": str(a.work), "users": len(users)}
+        report = store.read_json(folder / "report.json")  # what the last `recommend` took
+        res["recommend"] = {
+            k: report.get(k) for k in ("users", "users_per_second", "seconds", "round")
+        }
     res["store"]["bytes"] = (folder / "recs.lmdb" / "data.mdb").stat().st_size
     reader = Reader(folder)
     res["lookup"] = lookups(reader, users, a.lookups, a.seed, decode=False)
@@ -238,6 +243,8 @@ def main() -> None:
     reader.close()
     print(f"machine: {res['machine']}, load average {res['load_average']}")
     print(f"store: {res['store']}")
+    if "recommend" in res:
+        print(f"recommend (its report.json): {res['recommend']}")
     for key, label in (("lookup", "lookup"), ("lookup_decode", "lookup + decode")):
         x = res[key]
         print(
