@@ -16,7 +16,6 @@ step train-dsie
 test_period=$(python3 -c "import json; print(json.load(open('$WORK/data/dataset.json'))['test_period'])")
 step train-dsie --cutoff $((test_period - 1))
 step pco-round --rounds 5                       # round 0 on period 0, then rounds 1-4
-step pco-round --rounds 4 --track nokl --no-kl  # the w/o KL ablation, from the same round 0
 step recommend
 "$COEA" evaluate --work "$WORK"                 # prints the report table
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rolling evaluation of a demo workspace (run `make demo` first): one DSIE per period cutoff,
 # the w/o-DSIE track (its own round 0, trained and served without persona or long-term
-# context), then every period scored with the models as they stood before it.
+# context) and the w/o-KL track, then every period scored with the models as they stood before it.
 set -euo pipefail
 WORK=${WORK:-coea-work}
 COEA=${COEA:-coea}
@@ -13,5 +13,6 @@ for k in $(seq 1 $((test_period - 1))); do
   step train-dsie --cutoff "$k"
 done
 step pco-round --rounds "$test_period" --track nodsie --no-dsie
+step pco-round --rounds $((test_period - 1)) --track nokl --no-kl  # from the main round 0
 "$COEA" evaluate --rolling --work "$WORK"         # prints the rolling report
 echo "rolling evaluation finished in $(( $(date +%s) - start )) s" >&2
