@@ -61,9 +61,7 @@ def load_backbone(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise BadInput(f"{path}: not a Hugging Face model folder (no config.json)")
+    path = check_model_folder(path)
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be cpu or cuda (resolved by the caller), not {device!r}")
     quant = quant or ("4bit" if device == "cuda" else "none")
@@ -92,6 +90,20 @@ def load_backbone(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def check_model_folder(path, option: str = "model") -> Path:
+    """A local Hugging Face model folder with safetensors weights. Pickle checkpoints
+    (pytorch_model.bin, *.pt) are never loaded, so a folder with only those is bad input."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise BadInput(f"{option} {path}: not a Hugging Face model folder (no config.json)")
+    if not any(path.glob("*.safetensors")):
+        raise BadInput(
+            f"{option} {path}: no *.safetensors weights (pickle checkpoints such as "
+            "pytorch_model.bin are never loaded)"
+        )
+    return path
 
 
 def disable_cpu_bf16_repack(model) -> int:
