@@ -28,6 +28,7 @@ ROUND = {
     "verified": "verified.parquet",  # the candidates kept as positives or negatives, label
 }
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,32 @@ class Track:
 
     def relative(self, path: Path) -> str:
         return Path(path).relative_to(self.root).as_posix()
+
+    def producer(self) -> str:
+        return "pco-round" + ("" if self.name == MAIN else f" --track {self.name}")
+
+    def recorded_adapter(self, rel: str) -> Path:
+        """An adapter folder the state records (relative to the workspace), checked: inside
+        the workspace, with readable safetensors weights."""
+        root = Path(self.root)
+        path = root / str(rel)
+        if not path.resolve().is_relative_to(root.resolve()):
+            raise ArtifactError(
+                self.state_path(), self.producer(), f"adapter {rel} lies outside the workspace"
+            )
+        weights = path / ADAPTER_WEIGHTS
+        if not weights.is_file():
+            raise ArtifactError(path, self.producer(), f"missing adapter ({ADAPTER_WEIGHTS})")
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(weights), framework="numpy") as f:
+                f.keys()
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ArtifactError(
+                weights, self.producer(), f"not a readable safetensors file ({e})"
+            ) from None
+        return path
 
     def exists(self) -> bool:
         return self.state_path().exists()
