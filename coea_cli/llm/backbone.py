@@ -6,12 +6,10 @@ Adapters are written as safetensors with JSON beside them; nothing is ever unpic
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 from coea_cli.errors import BadInput
-from coea_cli.store import replace_dir
+from coea_cli.store import atomic_dir
 
 QUANTS = ("4bit", "8bit", "none")
 ADAPTER_INFO = "coea_adapter.json"
@@ -215,9 +213,7 @@ def save_adapter(model, out_dir, tokenizer=None) -> Path:
     is replaced atomically.
     """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
@@ -225,9 +221,6 @@ def save_adapter(model, out_dir, tokenizer=None) -> Path:
         seed = getattr(model, "coea_resize_seed", 0)
         info = {"embedding_rows": int(rows), "resize_seed": int(seed)}
         (tmp / ADAPTER_INFO).write_text(json.dumps(info, indent=2))
-        replace_dir(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

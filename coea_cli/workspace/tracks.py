@@ -204,6 +204,32 @@ def serving_before(state: dict, period: int) -> dict:
     return entries[-1]
 
 
+def unfinished_rounds(root: Path) -> list[Path]:
+    """Adapter and round folders of rounds newer than their track's state: a `pco-round`
+    that died before writing its state left them, and no state refers to them. A track whose
+    state cannot be read is left alone."""
+    root = Path(root)
+    names = {MAIN} | {
+        p.name for base in ("pco", "llm") for p in (root / base / "tracks").glob("*") if p.is_dir()
+    }
+    out = []
+    for name in sorted(names):
+        if not _NAME.fullmatch(name):
+            continue
+        track = Track(root, name)
+        try:
+            state = track.state(branch=False)
+        except ArtifactError:
+            continue
+        last = -1 if state is None else int(state["round"])
+        for folder in (track.llm / "novelty", track.llm / "relevance", track.pco):
+            for p in sorted(folder.glob("round-*")):
+                k = p.name.removeprefix("round-")
+                if p.is_dir() and k.isdigit() and int(k) > last:
+                    out.append(p)
+    return out
+
+
 def tracks(root: Path) -> list[str]:
     """Names of the tracks with a state, main first."""
     root = Path(root)
