@@ -55,16 +55,17 @@ def _plain(col):
 
 
 def ids(col, label: str, name: str) -> pa.Array:
-    """An id column as exact text (see the module docstring)."""
+    """An id column whose values turn into exact text (see the module docstring): integers
+    stay integers (only the distinct ones become text, later), the rest becomes text."""
     col = _plain(col)
     t = col.type
     if col.null_count:
         row = _row(col.is_null().to_numpy(zero_copy_only=False))
         raise BadInput(f"{label}: row {row}: column {name}: missing value")
     if pa.types.is_integer(t):
-        return pc.cast(col, pa.string())
+        return col
     if pa.types.is_floating(t):
-        return pc.cast(pc.cast(_integral(col, label, name), pa.int64()), pa.string())
+        return pc.cast(_integral(col, label, name), pa.int64())
     if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
         col = _utf8(col.cast(pa.binary()).view(pa.string()), label, name)
     elif pa.types.is_string(t) or pa.types.is_large_string(t):
@@ -107,7 +108,7 @@ def _utf8(col: pa.Array, label: str, name: str) -> pa.Array:
 
 def unique_ids(col, label: str, name: str) -> pa.Array:
     """The id column of an items or users table: exact text, each id once."""
-    col = ids(col, label, name)
+    col = pc.cast(ids(col, label, name), pa.string())
     codes = pc.dictionary_encode(col).indices.to_numpy(zero_copy_only=False)
     _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
     first = first[inverse]  # each row's first row with the same id
