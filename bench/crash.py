@@ -45,7 +45,8 @@ sys.path.insert(0, str(ROOT))
 
 from coea_cli import store  # noqa: E402
 from coea_cli.errors import CoeaError  # noqa: E402
-from coea_cli.workspace import Workspace, read_lmdb, read_table  # noqa: E402
+from coea_cli.serving import Reader  # noqa: E402
+from coea_cli.workspace import Workspace, read_table  # noqa: E402
 from coea_cli.workspace.tracks import unfinished_rounds  # noqa: E402
 from tests.pco_fixtures import TINY  # noqa: E402
 from tests.synth import make_log  # noqa: E402
@@ -171,7 +172,9 @@ def load(work: Path, command: str) -> None:
             track.recorded_adapter(state["current"][role])
     elif command == "recommend":
         read_table(ws.recs().file("table"), "recommend")
-        read_lmdb(ws.recs().file("lmdb"), "recommend", [b"u:0"])
+        reader = Reader(ws.recs().file("lmdb"))
+        assert reader.version, "recs.lmdb has no meta"
+        reader.close()
 
 
 def trial(base: Path, tmp: Path, step: tuple, command: str, delay: float, reference: dict):
