@@ -121,6 +121,7 @@ def run(command: str, common: dict, own: dict) -> None:
     seed_everything(ctx.seed)
     console.quiet_libraries()
     try:
+        sweep(ctx)
         result = getattr(importlib.import_module(module), name)(ctx)
     except CoeaError as e:
         console.error(str(e))
@@ -138,6 +139,14 @@ def run(command: str, common: dict, own: dict) -> None:
     if result is not None:
         console.emit(result, ctx.json)
     sys.stdout.flush()
+
+
+def sweep(ctx: Ctx) -> None:
+    """Clean what dead commands left in the workspace before this one touches it."""
+    cleaned = ctx.ws.sweep()
+    if cleaned:
+        names = ", ".join(p.relative_to(ctx.work).as_posix() for p in cleaned)
+        console.log(f"cleaned what interrupted runs left: {names}")
 
 
 def cpu_threads() -> None:

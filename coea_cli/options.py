@@ -66,6 +66,8 @@ class Options:
 def _check_range(name: str, value: float, m: dict) -> None:
     if isinstance(value, float) and not math.isfinite(value):
         raise BadInput(f"{name} must be a finite number (got {value})")
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        raise BadInput(f"{name} must fit in 64 bits (got {value})")
     bounds = [(m.get("ge"), ">=", value >= (m.get("ge") or 0))]
     bounds += [(m.get("gt"), ">", value > (m.get("gt") or 0))]
     bounds += [(m.get("le"), "<=", value <= (m.get("le") or 0))]
@@ -197,7 +199,7 @@ class Common(Options):
         "TOML file with defaults for any option (top-level keys for all commands, "
         "[command] tables for one).",
     )
-    seed: int = opt(0, "Random seed (numpy, torch, python).", ge=0)
+    seed: int = opt(0, "Random seed (numpy, torch, python).", ge=0, le=2**32 - 1)
     device: Device = opt(Device.auto, "auto (CUDA when present), cpu or cuda.")
     force: bool = opt(False, "Run even when inputs and options are unchanged since last run.")
     json_out: bool = opt(False, "Print the result as JSON on stdout.", flag="--json")

@@ -149,7 +149,12 @@ class _Store:
     def __init__(self, path: Path, identity: tuple):
         self.identity = identity
         self.readers = 0
-        self.env = store.open_lmdb(path, command="recommend")
+        try:
+            self.env = store.open_lmdb(path, command="recommend")
+        except lmdb.Error as e:
+            raise ArtifactError(
+                path, "recommend --force", f"not a readable LMDB store ({e})"
+            ) from None
         try:
             with self.env.begin() as txn:
                 meta, items = txn.get(META), txn.get(ITEMS)
@@ -161,6 +166,11 @@ class _Store:
                 )
             self.meta = json.loads(meta)
             self.item_ids = tuple(json.loads(items))
+        except (lmdb.Error, ValueError) as e:
+            self.env.close()
+            raise ArtifactError(
+                path, "recommend --force", f"unreadable meta or items ({e})"
+            ) from None
         except BaseException:
             self.env.close()
             raise

@@ -116,36 +116,83 @@ def atomic_dir(path: Path) -> Iterator[Path]:
 
 
 def replace_dir(src: Path, dst: Path) -> None:
-    """Move folder `src` to `dst`, replacing it. A crash between the two renames is undone
-    by `recover(dst)`, which brings the old folder back."""
-    old = dst.with_name(f"{_OLD}{dst.name}")
-    if old.exists():
-        shutil.rmtree(old)
-    if dst.exists():
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old.exists():
-        shutil.rmtree(old, ignore_errors=True)
+    """Move folder `src` to `dst`, replacing it. The old folder is moved aside under a name
+    of this process (`.old-NAME.PID`) while the parent folder is locked, so concurrent swaps
+    of one folder never share a name; a crash between the two renames is undone by
+    `recover(dst)`, which brings the old folder back."""
+    old = dst.with_name(f"{_OLD}{dst.name}.{os.getpid()}")
+    with _folder_lock(dst.parent):
+        if old.exists():  # left by a dead process that had this pid
+            shutil.rmtree(old)
+        if dst.exists():
+            os.replace(dst, old)
+        os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def recover(path: Path) -> None:
-    """Undo an interrupted `replace_dir` and drop stale temporary siblings of `path`."""
+    """Undo an interrupted `replace_dir` and drop stale temporary siblings of `path`, both
+    left by processes that are no longer running."""
     path = Path(path)
-    old = path.with_name(f"{_OLD}{path.name}")
-    if old.exists():
-        if path.exists():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(old, path)
-    if path.parent.exists():
-        for stale in path.parent.glob(f"{_TMP}{path.name}.*"):
-            pid = stale.name.rsplit(".", 1)[-1]
-            if pid.isdigit() and not _alive(int(pid)):
-                shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink()
+    if not path.parent.is_dir():
+        return
+    with _folder_lock(path.parent):
+        for entry in sorted(path.parent.iterdir()):
+            found = leftover(entry.name)
+            if found is None or found[1] != path.name or _alive(found[2]):
+                continue
+            if found[0] == _TMP:
+                _remove(entry)
+            elif path.exists():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                os.replace(entry, path)
+
+
+def leftover(name: str) -> tuple[str, str, int] | None:
+    """(prefix, target name, pid) of `.tmp-NAME.PID` or `.old-NAME.PID` (pid 0 for the
+    `.old-NAME` of older versions); None for any other name."""
+    for prefix in (_TMP, _OLD):
+        if name.startswith(prefix):
+            target, _, pid = name.removeprefix(prefix).rpartition(".")
+            if target and pid.isdigit():
+                return prefix, target, int(pid)
+            return (prefix, name.removeprefix(prefix), 0) if prefix == _OLD else None
+    return None
+
+
+def sweep(root: Path) -> list[Path]:
+    """Clean what dead processes left under `root`: temporary files and folders of
+    interrupted atomic writes are removed, folders moved aside by an interrupted swap are put
+    back (or removed when the new one had arrived). Returns the entries handled."""
+    handled = []
+    for folder, dirs, files in os.walk(root):
+        for name in sorted(dirs + files):
+            found = leftover(name)
+            if found is not None and not _alive(found[2]):
+                recover(Path(folder) / found[1])
+                handled.append(Path(folder) / name)
+        dirs[:] = [d for d in dirs if leftover(d) is None]
+    return handled
+
+
+@contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on a folder (flock on its descriptor), held for a swap; waits."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:
-    if pid == os.getpid():
+    if pid == os.getpid() or pid <= 0:
         return False
     try:
         os.kill(pid, 0)

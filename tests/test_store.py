@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -121,6 +123,56 @@ def test_lock_second_holder_fails_fast(tmp_path):
         p.join(10)
     with store.workspace_lock(tmp_path, "me"):  # free again once the holder is gone
         pass
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited."""
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_sweep_cleans_what_dead_processes_left(tmp_path):
+    dead, live = _dead_pid(), os.getppid()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / f".tmp-items.parquet.{dead}").write_bytes(b"half")
+    (tmp_path / f".tmp-recs.{dead}" / "recs.lmdb").mkdir(parents=True)
+    (tmp_path / f".old-sids.{dead}").mkdir()  # a swap killed between its renames
+    (tmp_path / f".old-sids.{dead}" / "sids.parquet").write_bytes(b"old")
+    (tmp_path / "groups").mkdir()  # a swap killed after its renames
+    (tmp_path / f".old-groups.{dead}").mkdir()
+    (tmp_path / f".tmp-dsie.{live}").mkdir()  # a running command's
+    handled = store.sweep(tmp_path)
+    assert len(handled) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f".tmp-dsie.{live}", "data", "groups", "sids",
+    ]  # fmt: skip
+    assert (tmp_path / "sids" / "sids.parquet").read_bytes() == b"old"
+    assert list((tmp_path / "data").iterdir()) == []
+    assert store.sweep(tmp_path) == []
+
+
+def _swap_many(folder, tag, n):
+    for k in range(n):
+        with store.atomic_dir(folder) as tmp:
+            (tmp / "a.txt").write_text(f"{tag} {k}")
+            (tmp / "b.txt").write_text(f"{tag} {k}")
+
+
+def test_concurrent_swaps_of_one_folder(tmp_path):
+    """Two writers replacing one folder (two `recommend` runs) never collide: each swap
+    moves the old folder aside under its own name, and the result is one writer's whole."""
+    ctx = mp.get_context("spawn")
+    folder = tmp_path / "recs"
+    procs = [ctx.Process(target=_swap_many, args=(folder, t, 300)) for t in ("x", "y")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    a, b = ((folder / n).read_text() for n in ("a.txt", "b.txt"))
+    assert a == b and a.split()[1] == "299"
+    assert [p.name for p in tmp_path.iterdir()] == ["recs"]
 
 
 def test_records_table_aligns_columns():

@@ -143,6 +143,29 @@ def test_pco_state_is_validated(tmp_path):
         ws.track("../escape")
 
 
+def test_sweep_removes_rounds_newer_than_the_state(tmp_path):
+    """A pco-round killed after writing adapters but before its state: the next command
+    removes them, unless a command holds the workspace lock (a round is running)."""
+    state = {"round": 1, "history": [], "current": {"novelty": "n", "relevance": "r"}}
+    (tmp_path / "pco").mkdir()
+    (tmp_path / "pco" / "state.json").write_text(json.dumps(state))
+    kept = ["llm/novelty/round-000", "llm/novelty/round-001", "llm/relevance/round-001",
+            "pco/round-001"]  # fmt: skip
+    gone = ["llm/novelty/round-002", "llm/relevance/round-002", "pco/round-002",
+            "llm/tracks/x/novelty/round-001"]  # fmt: skip
+    for rel in kept + gone:
+        (tmp_path / rel).mkdir(parents=True)
+    ws = Workspace(tmp_path)
+    with store.workspace_lock(tmp_path, "pco-round"):
+        assert ws.sweep() == []
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in ws.sweep()) == sorted(gone)
+    assert all((tmp_path / rel).is_dir() for rel in kept)
+    assert not any((tmp_path / rel).exists() for rel in gone)
+    (tmp_path / "pco" / "state.json").write_text("{broken")
+    (tmp_path / "llm/novelty/round-005").mkdir()
+    assert ws.sweep() == []  # an unreadable state: nothing is removed
+
+
 def test_copied_and_respelled_workspace_stays_up_to_date(grouped, tmp_path):
     copy = _copy(grouped, tmp_path / "copy")
     r = coea("profile-groups", "--work", copy, "--groups", 3, "--json")

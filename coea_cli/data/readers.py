@@ -3,7 +3,8 @@
 Every reader returns a `RawLog`: an interactions table with columns user, item, timestamp
 (int64 seconds) and optionally rating, in file order; an items table keyed by `original_id`
 (string) with title, year, categories and any text fields; a users table keyed by
-`original_id` with attributes. Bad input raises BadInput naming the file, line or column.
+`original_id` with attributes. Every value is checked where it enters (`values`): bad input
+raises BadInput naming the file, line or row, and column.
 """
 
 from __future__ import annotations
@@ -11,14 +12,15 @@ from __future__ import annotations
 import io
 import re
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from coea_cli.data import values
 from coea_cli.errors import BadInput
 
 ML100K_GENRES = [
@@ -54,7 +56,12 @@ class Source:
         self.path = Path(path)
         if not self.path.exists():
             raise BadInput(f"source not found: {self.path}")
-        self.zip = zipfile.ZipFile(self.path) if zipfile.is_zipfile(self.path) else None
+        self.zip = None
+        if zipfile.is_zipfile(self.path):
+            try:
+                self.zip = zipfile.ZipFile(self.path)
+            except (zipfile.BadZipFile, OSError) as e:
+                raise BadInput(f"{self.path}: not a readable zip file ({e})") from None
         if self.zip is None and not self.path.is_dir():
             raise BadInput(f"{self.path}: expected a folder or a zip file")
 
@@ -70,9 +77,12 @@ class Source:
         return hits[0]
 
     def read(self, name: str) -> bytes:
-        if self.zip is not None:
+        if self.zip is None:
+            return Path(name).read_bytes()
+        try:
             return self.zip.read(name)
-        return Path(name).read_bytes()
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
+            raise BadInput(f"{self.label(name)}: cannot be read from the zip ({e})") from None
 
     def label(self, name: str) -> str:
         return f"{self.path}:{name}" if self.zip is not None else name
@@ -100,32 +110,15 @@ def _split_lines(text: str, sep: str, ncols: int, label: str, min_cols: int | No
     return rows
 
 
-def _int_column(values: list[str], label: str, column: str) -> np.ndarray:
-    try:
-        return np.array(values, dtype=np.int64)
-    except ValueError:
-        for i, v in enumerate(values, 1):
-            try:
-                int(v)
-            except ValueError:
-                raise BadInput(
-                    f"{label}: row {i}: column {column}: not an integer: {v!r}"
-                ) from None
-        raise
-
-
 def _ratings_table(rows, label: str) -> pa.Table:
     cols = list(zip(*rows, strict=False))
-    try:
-        rating = np.array(cols[2], dtype=np.float32)
-    except ValueError:
-        raise BadInput(f"{label}: column rating: not numeric") from None
+    times = values.int_column(cols[3], label, "timestamp")
     return pa.table(
         {
-            "user": pa.array([s.strip() for s in cols[0]]),
-            "item": pa.array([s.strip() for s in cols[1]]),
-            "timestamp": _int_column(cols[3], label, "timestamp"),
-            "rating": rating,
+            "user": values.ids(pa.array([s.strip() for s in cols[0]]), label, "user"),
+            "item": values.ids(pa.array([s.strip() for s in cols[1]]), label, "item"),
+            "timestamp": values.in_range(times, label, "timestamp"),
+            "rating": values.ratings(pa.array([s.strip() for s in cols[2]]), label, "rating"),
         }
     )
 
@@ -154,7 +147,7 @@ def read_ml100k(path: Path) -> RawLog:
             titles.append(title)
             years.append(year)
             cats.append([g for g, f in zip(ML100K_GENRES, flags, strict=False) if f.strip() == "1"])
-        items = _items_table(ids, titles, years, cats)
+        items = _items_table(ids, titles, years, cats, src.label(name))
 
     users = None
     name = src.find("u.user", required=False)
@@ -163,8 +156,8 @@ def read_ml100k(path: Path) -> RawLog:
         recs = _split_lines(text, "|", 5, src.label(name))
         users = pa.table(
             {
-                "original_id": [r[0].strip() for r in recs],
-                "age": _int_column([r[1] for r in recs], src.label(name), "age"),
+                "original_id": _user_ids([r[0] for r in recs], src.label(name)),
+                "age": values.int_column([r[1] for r in recs], src.label(name), "age"),
                 "gender": [r[2] for r in recs],
                 "occupation": [r[3] for r in recs],
                 "zip": [r[4] for r in recs],
@@ -190,17 +183,17 @@ def read_ml1m(path: Path) -> RawLog:
             titles.append(title)
             years.append(year)
             cats.append([g for g in r[2].split("|") if g])
-        items = _items_table(ids, titles, years, cats)
+        items = _items_table(ids, titles, years, cats, src.label(name))
 
     users = None
     name = src.find("users.dat", required=False)
     if name:
         recs = _split_lines(_decode(src.read(name), src.label(name), "latin-1"), "::", 5, name)
-        occ = _int_column([r[3] for r in recs], src.label(name), "occupation")
+        occ = values.int_column([r[3] for r in recs], src.label(name), "occupation")
         users = pa.table(
             {
-                "original_id": [r[0].strip() for r in recs],
-                "age": _int_column([r[2] for r in recs], src.label(name), "age"),
+                "original_id": _user_ids([r[0] for r in recs], src.label(name)),
+                "age": values.int_column([r[2] for r in recs], src.label(name), "age"),
                 "gender": [r[1] for r in recs],
                 "occupation": [
                     ML1M_OCCUPATIONS[o] if 0 <= o < len(ML1M_OCCUPATIONS) else str(o) for o in occ
@@ -218,10 +211,16 @@ def _title_year(raw: str) -> tuple[str, int | None]:
     return raw.strip(), None
 
 
-def _items_table(ids, titles, years, cats) -> pa.Table:
+def _user_ids(cells: list[str], label: str) -> pa.Array:
+    return values.unique_ids(pa.array([c.strip() for c in cells], pa.string()), label, "user")
+
+
+def _items_table(ids, titles, years, cats, label: str, column: str = "item") -> pa.Table:
+    """Items by original id (checked: exact text, each once) with title, year, categories."""
+    ids = ids if isinstance(ids, pa.Array | pa.ChunkedArray) else pa.array(ids, pa.string())
     return pa.table(
         {
-            "original_id": pa.array(ids, pa.string()),
+            "original_id": values.unique_ids(ids, label, column),
             "title": pa.array(titles, pa.string()),
             "year": pa.array(years, pa.int32()),
             "categories": pa.array(cats, pa.list_(pa.string())),
@@ -237,15 +236,9 @@ def read_recbole(path: Path) -> RawLog:
     src = Source(path)
     inter_name = _find_suffix(src, ".inter")
     inter = _read_atomic(src, inter_name)
-    mapping = {"user_id": "user", "item_id": "item", "timestamp": "timestamp", "rating": "rating"}
-    _require(inter, ["user_id", "item_id", "timestamp"], src.label(inter_name))
-    cols = {new: inter[old] for old, new in mapping.items() if old in inter.column_names}
-    cols["timestamp"] = _timestamps(cols["timestamp"], src.label(inter_name), "timestamp")
-    if "rating" in cols:
-        cols["rating"] = pc.cast(cols["rating"], pa.float32())
-    cols["user"] = pc.cast(cols["user"], pa.string())
-    cols["item"] = pc.cast(cols["item"], pa.string())
-    interactions = pa.table(cols)
+    label = src.label(inter_name)
+    _require(inter, ["user_id", "item_id", "timestamp"], label)
+    interactions = _interactions(inter, label, "user_id", "item_id", "timestamp", "rating")
 
     items = None
     name = _find_suffix(src, ".item", required=False)
@@ -262,10 +255,12 @@ def read_recbole(path: Path) -> RawLog:
         years = [_maybe_int(v) for v in t[year_col].to_pylist()] if year_col else [None] * n
         cats = [str(v).split() if v else [] for v in t[cat_col].to_pylist()] if cat_col else []
         items = _items_table(
-            [str(v) for v in t["item_id"].to_pylist()],
+            t["item_id"],
             [str(v) if v is not None else None for v in titles],
             years,
             cats or [[] for _ in range(n)],
+            src.label(name),
+            "item_id",
         )
         used = {"item_id", title_col, year_col, cat_col}
         for c in t.column_names:
@@ -277,8 +272,7 @@ def read_recbole(path: Path) -> RawLog:
     if name:
         t = _read_atomic(src, name)
         _require(t, ["user_id"], src.label(name))
-        users = t.rename_columns(["original_id" if c == "user_id" else c for c in t.column_names])
-        users = users.set_column(0, "original_id", pc.cast(users["original_id"], pa.string()))
+        users = _users_table(t, "user_id", src.label(name))
         if "age" in users.column_names:
             idx = users.column_names.index("age")
             ages = [_maybe_int(v) for v in users["age"].to_pylist()]
@@ -352,62 +346,64 @@ def parse_columns(spec: str | None) -> dict:
     return mapping
 
 
-def read_table_file(path: Path) -> pa.Table:
+def read_table_file(path: Path, text_columns: tuple[str, ...] = ()) -> pa.Table:
+    """A Parquet, CSV or TSV file. CSV must be UTF-8, and its `text_columns` (the ids) are
+    read as text, so every id keeps its exact spelling."""
     path = Path(path)
     if not path.exists():
         raise BadInput(f"file not found: {path}")
+    if not path.is_file():
+        raise BadInput(f"{path}: is a folder, not a table file")
     if path.stat().st_size == 0:
         raise BadInput(f"{path}: file is empty")
     suffix = path.suffix.lower()
-    try:
-        if suffix == ".parquet":
-            import pyarrow.parquet as pq
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
 
+        try:
             return pq.read_table(path)
-        if suffix in (".csv", ".tsv", ".txt"):
-            opts = pacsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ",")
-            return pacsv.read_csv(path, parse_options=opts)
-    except pa.ArrowInvalid as e:
-        raise BadInput(f"{path}: cannot be read: {e}") from None
+        except (pa.ArrowException, OSError) as e:
+            raise BadInput(f"{path}: cannot be read as Parquet ({e})") from None
+    if suffix in (".csv", ".tsv", ".txt"):
+        values.check_utf8(path)
+        parse = pacsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ",")
+        convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in text_columns})
+        try:
+            return pacsv.read_csv(path, parse_options=parse, convert_options=convert)
+        except pa.ArrowInvalid:
+            pass
+        try:  # again on one thread, whose message gives the line
+            read = pacsv.ReadOptions(use_threads=False)
+            pacsv.read_csv(path, read_options=read, parse_options=parse, convert_options=convert)
+        except pa.ArrowInvalid as e:
+            problem = re.sub(r"Row #(\d+): ", lambda m: f"line {m.group(1)}: ", str(e))
+            raise BadInput(f"{path}: {problem}") from None
+        raise BadInput(f"{path}: cannot be read as CSV")
     raise BadInput(f"{path}: unsupported table type {suffix!r} (use .parquet, .csv or .tsv)")
 
 
 def read_table(path: Path, columns: str | None, items=None, users=None) -> RawLog:
     """A generic interactions table (Parquet/CSV) with optional items and users tables."""
     mapping = parse_columns(columns)
-    t = read_table_file(path)
+    t = read_table_file(path, (mapping["user"], mapping["item"]))
     if t.num_rows == 0:
         raise BadInput(f"{path}: file is empty")
-    need = [mapping["user"], mapping["item"], mapping["time"]]
-    _require(t, need, str(path))
-    cols = {
-        "user": t[mapping["user"]],
-        "item": t[mapping["item"]],
-        "timestamp": _timestamps(t[mapping["time"]], str(path), mapping["time"]),
-    }
-    for key in ("user", "item"):
-        if pc.any(pc.is_null(cols[key])).as_py():
-            row = int(pc.index(pc.is_null(cols[key]), True).as_py()) + 1
-            raise BadInput(f"{path}: row {row}: column {mapping[key]}: missing value")
-    if mapping["rating"] in t.column_names:
-        try:
-            cols["rating"] = pc.cast(t[mapping["rating"]], pa.float32())
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            raise BadInput(f"{path}: column {mapping['rating']}: not numeric") from None
-    interactions = pa.table(cols)
+    _require(t, [mapping["user"], mapping["item"], mapping["time"]], str(path))
+    interactions = _interactions(
+        t, str(path), mapping["user"], mapping["item"], mapping["time"], mapping["rating"]
+    )
 
     items_t = None
     if items:
-        it = read_table_file(items)
+        it = read_table_file(items, (mapping["item"],))
         _require(it, [mapping["item"]], str(items))
-        titles = (
-            it[mapping.get("title", "title")]
-            if mapping.get("title", "title") in it.column_names
-            else None
-        )
+        title_name = mapping.get("title", "title")
         cat_name = mapping.get("categories", "categories")
         year_name = mapping.get("year", "year")
         n = it.num_rows
+        titles = [None] * n
+        if title_name in it.column_names:
+            titles = [str(v) if v is not None else None for v in it[title_name].to_pylist()]
         cats = [[]] * n
         if cat_name in it.column_names:
             cats = [_split_cats(v) for v in it[cat_name].to_pylist()]
@@ -415,26 +411,37 @@ def read_table(path: Path, columns: str | None, items=None, users=None) -> RawLo
         if year_name in it.column_names:
             years = [_maybe_int(v) for v in it[year_name].to_pylist()]
         items_t = _items_table(
-            [str(v) for v in it[mapping["item"]].to_pylist()],
-            [str(v) for v in titles.to_pylist()] if titles is not None else [None] * n,
-            years,
-            cats,
+            it[mapping["item"]], titles, years, cats, str(items), mapping["item"]
         )
-        used = {mapping["item"], mapping.get("title", "title"), cat_name, year_name}
+        used = {mapping["item"], title_name, cat_name, year_name}
         for c in it.column_names:
             if c not in used:
                 items_t = items_t.append_column(c, pc.cast(it[c], pa.string()))
     users_t = None
     if users:
-        ut = read_table_file(users)
+        ut = read_table_file(users, (mapping["user"],))
         _require(ut, [mapping["user"]], str(users))
-        names = ["original_id" if c == mapping["user"] else c for c in ut.column_names]
-        users_t = ut.rename_columns(names)
-        idx = names.index("original_id")
-        users_t = users_t.set_column(
-            idx, "original_id", pc.cast(users_t["original_id"], pa.string())
-        )
+        users_t = _users_table(ut, mapping["user"], str(users))
     return RawLog(interactions, items_t, users_t, str(path))
+
+
+def _interactions(t: pa.Table, label: str, user: str, item: str, time: str, rating: str):
+    """user, item (exact text), timestamp (int64 seconds) and, when present, rating."""
+    cols = {
+        "user": values.ids(t[user], label, user),
+        "item": values.ids(t[item], label, item),
+        "timestamp": values.timestamps(t[time], label, time),
+    }
+    if rating in t.column_names:
+        cols["rating"] = values.ratings(t[rating], label, rating)
+    return pa.table(cols)
+
+
+def _users_table(t: pa.Table, id_column: str, label: str) -> pa.Table:
+    """Users by original id (checked: exact text, each once) with their other columns."""
+    idx = t.column_names.index(id_column)
+    ids = values.unique_ids(t[id_column], label, id_column)
+    return t.set_column(idx, "original_id", ids)
 
 
 def _split_cats(v) -> list[str]:
@@ -452,42 +459,6 @@ def _require(t: pa.Table, names: list[str], label: str) -> None:
             f"{label}: missing column(s) {missing}; found {t.column_names} "
             "(map them with --columns user=...,item=...,time=...)"
         )
-
-
-def _timestamps(col, label: str, name: str) -> pa.Array:
-    """Any integer, float, date or ISO-string time column -> int64 seconds."""
-    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    if col.null_count:
-        row = int(pc.index(pc.is_null(col), True).as_py()) + 1
-        raise BadInput(f"{label}: row {row}: column {name}: missing timestamp")
-    t = col.type
-    if pa.types.is_integer(t):
-        return pc.cast(col, pa.int64())
-    if pa.types.is_floating(t):
-        return pc.cast(pc.floor(col), pa.int64())
-    if pa.types.is_timestamp(t) or pa.types.is_date(t):
-        return pc.cast(pc.cast(col, pa.timestamp("s")), pa.int64())
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
-        try:
-            return pc.cast(pc.cast(col, pa.int64()), pa.int64())
-        except pa.ArrowInvalid:
-            pass
-        try:
-            return pc.cast(pc.cast(col, pa.timestamp("s")), pa.int64())
-        except pa.ArrowInvalid:
-            pass
-        for i, v in enumerate(col.to_pylist(), 1):
-            try:
-                pa.scalar(v).cast(pa.timestamp("s"))
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                try:
-                    int(v)
-                except ValueError:
-                    raise BadInput(
-                        f"{label}: row {i}: column {name}: unparsable timestamp {v!r}"
-                    ) from None
-        raise BadInput(f"{label}: column {name}: unparsable timestamps")
-    raise BadInput(f"{label}: column {name}: unsupported time type {t}")
 
 
 def read_source(path: Path, fmt: str, columns: str | None = None, items=None, users=None) -> RawLog:

@@ -18,7 +18,7 @@ from coea_cli.dsie.model import DSIE, DSIEConfig
 from coea_cli.dsie.train import TrainConfig, Trainer, fingerprint, init_distributed
 from coea_cli.errors import BadInput
 from coea_cli.options import DsieOptions, Protocol
-from coea_cli.workspace import Dir, History, UserSequences, Workspace
+from coea_cli.workspace import Dir, History, UserSequences, Workspace, check_name
 
 COMMAND = "train-dsie"
 # Ablations trained by --compare, as overrides of the main options.
@@ -128,7 +128,7 @@ def _init_weights(ws: Workspace, name: str | None, sid_version: str) -> dict | N
     """The weights of DSIE folder `name` (--init-from), trained on the same SID version."""
     if name is None:
         return None
-    recorded = ws.dsie_config(name).get("sid_version")
+    recorded = ws.dsie_config(check_name("--init-from", name)).get("sid_version")
     if recorded != sid_version:
         raise BadInput(
             f"--init-from {name}: trained on SID version {recorded}, sids/ holds {sid_version} "

@@ -56,7 +56,7 @@ def load_text_encoder(path: str | None = None, device: str = "cpu"):
     """Load a sentence-transformers model from a local folder (default: all-MiniLM-L6-v2).
 
     `device` is cpu or cuda (resolved by the caller). Never touches the network; remote code
-    stays off.
+    stays off and the weights are read from safetensors only.
     """
     folder = resolve_encoder_path(path)
     key = (str(folder.resolve()), device)
@@ -70,8 +70,9 @@ def load_text_encoder(path: str | None = None, device: str = "cpu"):
     console.log(f"loading text encoder {folder} on {device}")
     try:
         model = SentenceTransformer(
-            str(folder), device=device, local_files_only=True, trust_remote_code=False
-        )
+            str(folder), device=device, local_files_only=True, trust_remote_code=False,
+            model_kwargs={"use_safetensors": True},
+        )  # fmt: skip
     except (OSError, ValueError) as e:
         raise BadInput(f"--text-encoder: cannot load {folder}: {e}") from None
     model.eval()

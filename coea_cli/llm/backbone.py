@@ -6,12 +6,10 @@ Adapters are written as safetensors with JSON beside them; nothing is ever unpic
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 from coea_cli.errors import BadInput
-from coea_cli.store import replace_dir
+from coea_cli.store import atomic_dir
 
 QUANTS = ("4bit", "8bit", "none")
 ADAPTER_INFO = "coea_adapter.json"
@@ -61,9 +59,7 @@ def load_backbone(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise BadInput(f"{path}: not a Hugging Face model folder (no config.json)")
+    path = check_model_folder(path)
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be cpu or cuda (resolved by the caller), not {device!r}")
     quant = quant or ("4bit" if device == "cuda" else "none")
@@ -92,6 +88,20 @@ def load_backbone(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def check_model_folder(path, option: str = "model") -> Path:
+    """A local Hugging Face model folder with safetensors weights. Pickle checkpoints
+    (pytorch_model.bin, *.pt) are never loaded, so a folder with only those is bad input."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise BadInput(f"{option} {path}: not a Hugging Face model folder (no config.json)")
+    if not any(path.glob("*.safetensors")):
+        raise BadInput(
+            f"{option} {path}: no *.safetensors weights (pickle checkpoints such as "
+            "pytorch_model.bin are never loaded)"
+        )
+    return path
 
 
 def disable_cpu_bf16_repack(model) -> int:
@@ -203,9 +213,7 @@ def save_adapter(model, out_dir, tokenizer=None) -> Path:
     is replaced atomically.
     """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
@@ -213,9 +221,6 @@ def save_adapter(model, out_dir, tokenizer=None) -> Path:
         seed = getattr(model, "coea_resize_seed", 0)
         info = {"embedding_rows": int(rows), "resize_seed": int(seed)}
         (tmp / ADAPTER_INFO).write_text(json.dumps(info, indent=2))
-        replace_dir(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

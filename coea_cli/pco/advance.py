@@ -78,5 +78,5 @@ def _inputs(ws: Workspace, track: Track, state: dict | None, spec: LLMSpec) -> l
     if spec.backbone.resolve().is_relative_to(ws.root.resolve()):
         paths.append(spec.backbone)
     if state is not None:
-        paths += [Path(track.root) / state["current"][role] for role in ("novelty", "relevance")]
+        paths += [track.recorded_adapter(state["current"][r]) for r in ("novelty", "relevance")]
     return paths

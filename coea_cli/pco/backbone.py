@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from coea_cli import console
-from coea_cli.errors import BadInput
+from coea_cli.llm.backbone import check_model_folder
 from coea_cli.llm.context import World
 from coea_cli.options import PcoOptions
 from coea_cli.workspace import Workspace
@@ -15,10 +15,7 @@ def ensure_backbone(ws: Workspace, world: World, o: PcoOptions, seed: int) -> Pa
     """The base model folder; the scratch backbone is built (and pre-trained) on first use
     from the item texts, cluster descriptions, personas and period-0 SID histories."""
     if o.base_model != "scratch":
-        path = Path(o.base_model)
-        if not (path / "config.json").is_file():
-            raise BadInput(f"--base-model {path}: not a Hugging Face model folder (no config.json)")
-        return path
+        return check_model_folder(o.base_model, "--base-model")
     from coea_cli.llm.scratch import ScratchSpec, build_scratch_backbone
 
     out = ws.backbone

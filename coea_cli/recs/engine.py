@@ -56,7 +56,8 @@ def track_variant(
         if entry is None:
             raise BadInput(f"--round {round_}: track {track.name} has no round {round_}")
         label = f"{track.name}@{round_}"
-    novelty, relevance = ws.root / entry["novelty"], ws.root / entry["relevance"]
+    novelty = track.recorded_adapter(entry["novelty"])
+    relevance = track.recorded_adapter(entry["relevance"])
     templates = state["serving"].get("template_dir")
     made = [h["round"] for h in state["history"] if h["novelty"] == entry["novelty"]]
     round_ = entry.get("round", made[-1] if made else None)

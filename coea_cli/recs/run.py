@@ -148,10 +148,9 @@ def _check_rounds(track, before: int, test: int) -> None:
     state = track.require_state()
     need = min(before, test) - 1
     if int(state["round"]) < need:
-        producer = "pco-round" + ("" if track.name == "main" else f" --track {track.name}")
         raise ArtifactError(
             track.state_path(),
-            producer,
+            track.producer(),
             f"track {track.name} has run rounds up to {state['round']}; serving as of period "
             f"{before} needs round {need} (or serve an older round with --round)",
         )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +25,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from coea_cli import store
-from coea_cli.errors import ArtifactError
+from coea_cli.errors import ArtifactError, WorkspaceLocked
 from coea_cli.workspace.history import History
 from coea_cli.workspace.sids import META_KEY, SidLayout, Sids, version_of
-from coea_cli.workspace.tracks import Track, tracks
+from coea_cli.workspace.tracks import Track, tracks, unfinished_rounds
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -167,6 +168,25 @@ class Workspace:
 
     def tracks(self) -> list[str]:
         return tracks(self.root)
+
+    def sweep(self) -> list[Path]:
+        """Clean what dead commands left, at the start of every command: temporary files and
+        folders of interrupted writes, folders moved aside by an interrupted swap (put back),
+        and rounds newer than their track's state (only while no command holds the workspace
+        lock). Returns what was removed or put back."""
+        if not self.root.is_dir():
+            return []
+        done = store.sweep(self.root)
+        if unfinished_rounds(self.root):
+            try:
+                with store.workspace_lock(self.root, "cleanup"):
+                    rounds = unfinished_rounds(self.root)  # again, under the lock
+                    for p in rounds:
+                        shutil.rmtree(p)
+                    done += rounds
+            except WorkspaceLocked:
+                pass  # a pco-round is running: its rounds are not finished yet
+        return done
 
     def checkpoints(self, name: str) -> Path:
         return self.root / "checkpoints" / check_name("--out", name)

@@ -28,6 +28,7 @@ ROUND = {
     "verified": "verified.parquet",  # the candidates kept as positives or negatives, label
 }
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,32 @@ class Track:
     def relative(self, path: Path) -> str:
         return Path(path).relative_to(self.root).as_posix()
 
+    def producer(self) -> str:
+        return "pco-round" + ("" if self.name == MAIN else f" --track {self.name}")
+
+    def recorded_adapter(self, rel: str) -> Path:
+        """An adapter folder the state records (relative to the workspace), checked: inside
+        the workspace, with readable safetensors weights."""
+        root = Path(self.root)
+        path = root / str(rel)
+        if not path.resolve().is_relative_to(root.resolve()):
+            raise ArtifactError(
+                self.state_path(), self.producer(), f"adapter {rel} lies outside the workspace"
+            )
+        weights = path / ADAPTER_WEIGHTS
+        if not weights.is_file():
+            raise ArtifactError(path, self.producer(), f"missing adapter ({ADAPTER_WEIGHTS})")
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(weights), framework="numpy") as f:
+                f.keys()
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ArtifactError(
+                weights, self.producer(), f"not a readable safetensors file ({e})"
+            ) from None
+        return path
+
     def exists(self) -> bool:
         return self.state_path().exists()
 
@@ -175,6 +202,32 @@ def serving_before(state: dict, period: int) -> dict:
     if not entries:
         raise ValueError(f"no round before period {period}")
     return entries[-1]
+
+
+def unfinished_rounds(root: Path) -> list[Path]:
+    """Adapter and round folders of rounds newer than their track's state: a `pco-round`
+    that died before writing its state left them, and no state refers to them. A track whose
+    state cannot be read is left alone."""
+    root = Path(root)
+    names = {MAIN} | {
+        p.name for base in ("pco", "llm") for p in (root / base / "tracks").glob("*") if p.is_dir()
+    }
+    out = []
+    for name in sorted(names):
+        if not _NAME.fullmatch(name):
+            continue
+        track = Track(root, name)
+        try:
+            state = track.state(branch=False)
+        except ArtifactError:
+            continue
+        last = -1 if state is None else int(state["round"])
+        for folder in (track.llm / "novelty", track.llm / "relevance", track.pco):
+            for p in sorted(folder.glob("round-*")):
+                k = p.name.removeprefix("round-")
+                if p.is_dir() and k.isdigit() and int(k) > last:
+                    out.append(p)
+    return out
 
 
 def tracks(root: Path) -> list[str]:
