@@ -218,11 +218,14 @@ def print_table(rows):
         print("  ".join(parts))
 
 
-def compile_check(dtypes, dims, causals=(True, False), limit=None, arch: int = 90):
+def compile_check(
+    dtypes, dims, causals=(True, False), limit=None, arch: int = 90, lefts=(False, True)
+):
     """Compile every autotune config of every kernel for a CUDA target (no GPU needed).
 
     Yields one dict per compiled kernel: shared memory, async copies (software pipelining of
-    the loads) and whether Hopper warp-group MMA (wgmma) is used. `limit`: first configs only."""
+    the loads) and whether Hopper warp-group MMA (wgmma) is used. `limit`: first configs only;
+    `lefts`: left padding (True) and/or right padding (False), lengths read by the kernels."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise RuntimeError("--compile-check needs TRITON_INTERPRET unset")
     import triton
@@ -235,27 +238,27 @@ def compile_check(dtypes, dims, causals=(True, False), limit=None, arch: int = 9
     target = GPUTarget("cuda", arch, 32)
     kernels = [
         (ta._fwd_kernel, ta._FWD, ("Q", "K", "V", "OUT"), ("LSE",)),
+        (ta._bwd_dq_kernel, ta._DQ, ("Q", "K", "V", "OUT", "DO", "DQ"), ("LSE", "DELTA")),
         (ta._bwd_dkdv_kernel, ta._DKDV, ("Q", "K", "V", "DO", "DK", "DV"), ("LSE", "DELTA")),
-        (ta._bwd_dq_kernel, ta._DQ, ("Q", "K", "V", "DO", "DQ"), ("LSE", "DELTA")),
     ]
     for dtype in dtypes:
+        name = names[str(dtype).split(".")[1]]
         for dim in dims:
-            common = ta._common(torch.empty(1, 2, 1, dim, dtype=dtype), torch.empty(1, 1, 1, dim))
-            for causal in causals:
-                for tuner, table, tensors, floats in kernels:
-                    rows = table["fp32" if dtype == torch.float32 else "16bit"][:limit]
-                    for m, n, warps, stages in rows:
-                        config = triton.Config(
-                            {"BLOCK_M": m, "BLOCK_N": n}, num_warps=warps, num_stages=stages
-                        )
-                        consts = {**common, "CAUSAL": causal, **config.kwargs}
-                        yield _compile_one(tuner.fn, names[str(dtype).split(".")[1]], tensors,
-                                           floats, consts, config, target, ASTSource, triton)  # fmt: skip
-            pre = {"HEAD_DIM": dim, "BLOCK_D": common["BLOCK_D"], "BLOCK_M": 64}
-            cfg = triton.Config({}, num_warps=4, num_stages=1)
-            name = names[str(dtype).split(".")[1]]
-            yield _compile_one(ta._bwd_preprocess, name, ("OUT", "DO"), ("DELTA",), pre, cfg,
-                               target, ASTSource, triton)  # fmt: skip
+            q, k = torch.empty(1, 2, 1, dim, dtype=dtype), torch.empty(1, 1, 1, dim)
+            for left in lefts:
+                common = ta._common(q, k, torch.empty(1), "left" if left else "right")
+                for causal in causals:
+                    for tuner, table, tensors, floats in kernels:
+                        for m, n, warps, stages in ta.table_rows(table, dtype, common["BLOCK_D"])[
+                            :limit
+                        ]:
+                            config = triton.Config(
+                                {"BLOCK_M": m, "BLOCK_N": n}, num_warps=warps, num_stages=stages
+                            )
+                            consts = {**common, "CAUSAL": causal, **config.kwargs}
+                            row = _compile_one(tuner.fn, name, tensors, floats, consts, config,
+                                               target, ASTSource, triton)  # fmt: skip
+                            yield {**row, "left": left}
 
 
 def _compile_one(fn, dtype_name, tensors, fp32_tensors, consts, config, target, ast_source, triton):
@@ -267,7 +270,7 @@ def _compile_one(fn, dtype_name, tensors, fp32_tensors, consts, config, target, 
             signature[arg] = f"*{dtype_name}"
         elif arg in fp32_tensors:
             signature[arg] = "*fp32"
-        elif arg in ("STARTS", "ENDS"):
+        elif arg == "LENS":
             signature[arg] = "*i32"
         elif arg in ("qk_scale", "scale"):
             signature[arg] = "fp32"
@@ -312,6 +315,7 @@ def main(argv=None) -> int:
             rows.append(r)
             print(
                 f"{r['kernel']:<17} {r['dtype']} D={r['head_dim']:<3} causal={r['causal']!s:<5} "
+                f"{'left ' if r['left'] else 'right'} "
                 f"M={r['block_m']} N={r['block_n']} w={r['warps']} s={r['stages']} "
                 f"smem={r['shared_bytes']} async={r['async_copies']} wgmma={r['wgmma']} "
                 f"{r['seconds']:.1f}s",
