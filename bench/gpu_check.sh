@@ -6,7 +6,8 @@
 #               (the autotuning is shared) -> attention.json
 #   model       a Qwen2-0.5B-shaped model with random weights, in a scratch folder
 #   qlora       bench/qlora_step.py: a 4-bit QLoRA step on it with coea_triton -> qlora.json
-#   workspace   a tiny synthetic workspace (tests/pco_fixtures), then train-dsie (torch backend)
+#   workspace   a tiny synthetic workspace (tests/pco_fixtures): tokenize-items, profile-groups,
+#               train-dsie (torch attention)
 #   pco-round   rounds 0 and 1 with that model in 4-bit and --attn coea_triton
 #   recommend   the lists of that track (coea_triton again), --weights top-m
 #   cuda-tests  the CUDA tests, bf16 kernel cases and the Qwen2 check, one pinned config per
@@ -87,8 +88,7 @@ step attention 200 "$py" bench/attention.py --padding right left --json "$out/at
 if step model 60 "$py" bench/qlora_step.py --make-model "$model"; then
     step qlora 90 "$py" bench/qlora_step.py --model "$model" --json "$out/qlora.json"
 fi
-if step workspace 60 sh -c "'$py' bench/qlora_step.py --make-workspace '$scratch/ws' && \
-'$py' -m coea_cli train-dsie --work '$work' --epochs 1 --hidden 32 --heads 2 --backend torch" \
+if step workspace 90 "$py" bench/qlora_step.py --make-workspace "$scratch/ws" \
     && [ -f "$model/config.json" ]; then
     if step pco-round 150 "${coea[@]}" pco-round --work "$work" --base-model "$model" --quant 4bit \
         --attn coea_triton --rounds 2 --round0-epochs 1 --epochs 1 --lora-r 4 --n 4 \

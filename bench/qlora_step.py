@@ -4,7 +4,7 @@ and the model folder and tiny workspace on which bench/gpu_check.sh runs pco-rou
     python bench/qlora_step.py --model DIR [--attn coea_triton] [--batch 8] [--seq 512]
                                [--steps 8] [--json PATH]
     python bench/qlora_step.py --make-model DIR [--tiny]   # the model folder only (CPU works)
-    python bench/qlora_step.py --make-workspace DIR        # a tiny synthetic workspace (CPU)
+    python bench/qlora_step.py --make-workspace DIR        # a tiny workspace, DSIE trained
 
 --model builds the folder when it has no config.json. The model has Qwen2-0.5B's shape
 (24 layers, hidden 896, 14 query and 2 kv heads of dim 64, vocab 151,936, tied embeddings),
@@ -60,12 +60,28 @@ def make_model(path: Path, tiny: bool = False) -> Path:
 
 
 def make_workspace(path: Path) -> Path:
-    """tests/pco_fixtures' tiny workspace (30 users, 40 items, 3 periods; SIDs, groups and item
-    texts written directly) in `path`/work; returns that folder."""
+    """tests/pco_fixtures' tiny workspace (30 users, 40 items, 3 periods; SIDs and item texts
+    written directly) in `path`/work, then tokenize-items, profile-groups --groups 3 and a
+    one-epoch train-dsie (torch attention), as recommend needs them; returns that folder."""
+    import shutil
+
+    from tests.helpers import coea
     from tests.pco_fixtures import tiny_workspace
 
     path.mkdir(parents=True, exist_ok=True)
-    return tiny_workspace(path)
+    work = tiny_workspace(path)
+    shutil.rmtree(work / "groups")  # the real command, with persona embeddings
+    for args in (
+        ("tokenize-items",),
+        ("profile-groups", "--groups", 3),
+        ("train-dsie", "--epochs", 1, "--hidden", 32, "--heads", 2, "--backend", "torch"),
+    ):
+        begin = time.perf_counter()
+        result = coea(*args, "--work", work)
+        if result.code != 0:
+            raise SystemExit(f"{args[0]} failed ({result.code}): {result.stderr[-2000:]}")
+        print(f"{args[0]}: {time.perf_counter() - begin:.1f} s", flush=True)
+    return work
 
 
 def qlora_step(model_dir: Path, attn: str, batch: int, seq_len: int, steps: int) -> dict:
