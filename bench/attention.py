@@ -221,13 +221,14 @@ def print_table(rows):
 
 
 def compile_check(
-    dtypes, dims, causals=(True, False), limit=None, arch: int = 90, lefts=(False, True)
-):
+    dtypes, dims, causals=(True, False), limit=None, arch: int = 90,
+    paddings=("right", "left", None),
+):  # fmt: skip
     """Compile every autotune config of every kernel for a CUDA target (no GPU needed).
 
     Yields one dict per compiled kernel: shared memory, async copies (software pipelining of
     the loads) and whether Hopper warp-group MMA (wgmma) is used. `limit`: first configs only;
-    `lefts`: left padding (True) and/or right padding (False), lengths read by the kernels."""
+    `paddings`: "right", "left" (lengths read by the kernels) and/or None (no lengths)."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise RuntimeError("--compile-check needs TRITON_INTERPRET unset")
     import triton
@@ -247,8 +248,9 @@ def compile_check(
         name = names[str(dtype).split(".")[1]]
         for dim in dims:
             q, k = torch.empty(1, 2, 1, dim, dtype=dtype), torch.empty(1, 1, 1, dim)
-            for left in lefts:
-                common = ta._common(q, k, torch.empty(1), "left" if left else "right")
+            for padding in paddings:
+                lengths = None if padding is None else torch.empty(1)
+                common = ta._common(q, k, lengths, padding or "right")
                 for causal in causals:
                     for tuner, table, tensors, floats in kernels:
                         for m, n, warps, stages in ta.table_rows(table, dtype, common["BLOCK_D"])[
@@ -258,9 +260,11 @@ def compile_check(
                                 {"BLOCK_M": m, "BLOCK_N": n}, num_warps=warps, num_stages=stages
                             )
                             consts = {**common, "CAUSAL": causal, **config.kwargs}
+                            if padding is None:
+                                consts["LENS"] = None
                             row = _compile_one(tuner.fn, name, tensors, floats, consts, config,
                                                target, ASTSource, triton)  # fmt: skip
-                            yield {**row, "left": left}
+                            yield {**row, "padding": padding or "none"}
 
 
 def _compile_one(fn, dtype_name, tensors, fp32_tensors, consts, config, target, ast_source, triton):
@@ -402,7 +406,7 @@ def main(argv=None) -> int:
             rows.append(r)
             print(
                 f"{r['kernel']:<17} {r['dtype']} D={r['head_dim']:<3} causal={r['causal']!s:<5} "
-                f"{'left ' if r['left'] else 'right'} "
+                f"{r['padding']:<5} "
                 f"M={r['block_m']} N={r['block_n']} w={r['warps']} s={r['stages']} "
                 f"smem={r['shared_bytes']} async={r['async_copies']} wgmma={r['wgmma']} "
                 f"{r['seconds']:.1f}s",
