@@ -474,6 +474,22 @@ def _tiles(seq_len: int, block: int, left: bool) -> int:
     return triton.cdiv(seq_len, block) + int(left)
 
 
+# The config each autotuned kernel chose, per autotuning key: later calls launch the kernel with
+# it directly, without the autotuner's per-call bookkeeping (tens of microseconds of Python).
+_BEST: dict = {}
+
+
+def _launch(kernel, grid, args: tuple, kwargs: dict, seq_len: int, q, lengths) -> None:
+    key = (kernel.fn.__name__, _l_key(seq_len), q.dtype, None if lengths is None else lengths.dtype)
+    key += tuple(kwargs[name] for name in ("BLOCK_D", "CAUSAL", "GROUP"))
+    config = _BEST.get(key)
+    if config is None:
+        kernel[grid](*args, **kwargs)
+        _BEST[key] = kernel.best_config
+    else:
+        kernel.fn[grid](*args, **kwargs, **config.all_kwargs())
+
+
 def attention_forward(q, k, v, lengths, padding: str, causal: bool, scale: float):
     """Returns (out like q, logsumexp [B, Hq, L] fp32 in base 2, set on valid rows only).
     lengths: int32/int64 [B] on q's device (contiguous), or None (no padding)."""
@@ -485,12 +501,12 @@ def attention_forward(q, k, v, lengths, padding: str, causal: bool, scale: float
     def grid(meta):
         return (batch * heads, _tiles(seq_len, meta["BLOCK_M"], common["LEFT"]))
 
-    _fwd_kernel[grid](
+    args = (
         q, k, v, out, lse, lengths,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
         heads, seq_len, _l_key(seq_len), scale * LOG2E,
-        CAUSAL=causal, **common,
     )  # fmt: skip
+    _launch(_fwd_kernel, grid, args, {"CAUSAL": causal, **common}, seq_len, q, lengths)
     return out, lse
 
 
@@ -508,24 +524,24 @@ def attention_backward(do, q, k, v, out, lse, lengths, padding: str, causal: boo
     def grid_q(meta):
         return (batch * heads, _tiles(seq_len, meta["BLOCK_M"], common["LEFT"]))
 
-    _bwd_dq_kernel[grid_q](
+    args = (
         q, k, v, out, do, lse, delta, dq, lengths,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *do.stride()[:3],
         *dq.stride()[:3],
         heads, seq_len, _l_key(seq_len), qk_scale, scale,
-        CAUSAL=causal, **common,
     )  # fmt: skip
+    _launch(_bwd_dq_kernel, grid_q, args, {"CAUSAL": causal, **common}, seq_len, q, lengths)
 
     def grid_kv(meta):
         return (batch * kv_heads, _tiles(seq_len, meta["BLOCK_N"], common["LEFT"]))
 
-    _bwd_dkdv_kernel[grid_kv](
+    args = (
         q, k, v, do, lse, delta, dk, dv, lengths,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
         *dk.stride()[:3], *dv.stride()[:3],
         heads, kv_heads, seq_len, _l_key(seq_len), qk_scale, scale,
-        CAUSAL=causal, **common,
     )  # fmt: skip
+    _launch(_bwd_dkdv_kernel, grid_kv, args, {"CAUSAL": causal, **common}, seq_len, q, lengths)
     return dq, dk, dv
 
 

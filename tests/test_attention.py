@@ -140,6 +140,28 @@ def test_triton_interpreter(case, dtype, monkeypatch):
     check_case(case, dtype, "cpu", "triton", monkeypatch)
 
 
+@needs_triton
+def test_later_calls_skip_the_autotuner(monkeypatch):
+    """After a kernel's first call for an autotuning key, it is launched with the config the
+    autotuner chose, directly; results stay right (new lengths, same key)."""
+    if not ta.INTERPRET:
+        pytest.skip("Triton on CPU needs TRITON_INTERPRET=1")
+    monkeypatch.setattr(ta, "_BEST", {})
+    case = CASES[1]
+    check_case(case, torch.float32, "cpu", "triton")
+    assert sorted(key[0] for key in ta._BEST) == [
+        "_bwd_dkdv_kernel",
+        "_bwd_dq_kernel",
+        "_fwd_kernel",
+    ]
+
+    def entered(*args, **kwargs):
+        raise AssertionError("the autotuner ran again")
+
+    monkeypatch.setattr(type(ta._fwd_kernel), "run", entered)
+    check_case((*case[:-1], [17, 50, 0]), torch.float32, "cpu", "triton", seed=1)
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_torch_reference(case):
     check_case(case, torch.float32, "cpu", "torch")
