@@ -68,8 +68,8 @@ def mask_from_2d(mask: torch.Tensor, q_len: int, causal: bool) -> torch.Tensor:
     k_len = mask.shape[-1]
     keep = None
     if causal:
-        pos = torch.arange(k_len, device=mask.device)
-        keep = pos[None, :] <= pos[k_len - q_len :, None]
+        queries = torch.arange(q_len, device=mask.device) + (k_len - q_len)
+        keep = torch.arange(k_len, device=mask.device)[None, :] <= queries[:, None]
     if mask.is_floating_point():
         full = mask[:, None, None, :].expand(-1, 1, q_len, -1)
         if keep is not None:
