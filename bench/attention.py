@@ -327,6 +327,8 @@ def summary(outdir: Path) -> int:
         found = True
         data = json.loads(path.read_text())
         rows, meta = add_ratios(data["rows"]), data["meta"]
+        if meta.get("partial"):
+            print("attention: the run stopped early; the shapes it measured:")
         print(
             f"attention, {meta.get('dtype')}, causal, {meta.get('device')}, torch "
             f"{meta.get('torch')}, triton {meta.get('triton')}: ms as fwd / fwd+bwd; ratios "
@@ -453,13 +455,21 @@ def main(argv=None) -> int:
                     flush=True,
                 )
                 rows += shape_rows
+                if args.json:  # after every shape: a run killed later keeps what it measured
+                    _write_json(args.json, {"meta": {**meta, "partial": True}, "rows": rows})
         rows = add_ratios(rows)
         print_table(rows)
         result = {"meta": meta, "rows": rows}
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+        _write_json(args.json, result)
     return 0
+
+
+def _write_json(path: Path, result: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(result, indent=2))
+    temporary.replace(path)
 
 
 if __name__ == "__main__":
