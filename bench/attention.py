@@ -1,6 +1,7 @@
 """Benchmark coea_kernels.attention against SDPA with a padding mask and flash without padding.
 
-    python bench/attention.py [--dtype bf16|fp16] [--padding right|left] [--json PATH]
+    python bench/attention.py [--dtype bf16|fp16] [--padding right [left]] [--json PATH]
+    python bench/attention.py --summary OUTDIR  # gpu_check.sh's closing table from its JSON
     python bench/attention.py --cpu-smoke       # tiny shapes on CPU (Triton only if
                                                 # TRITON_INTERPRET=1)
     python bench/attention.py --compile-check   # compile every kernel config for sm_90, no GPU
@@ -8,9 +9,10 @@
 Row b gets a random valid length in [L/4, L]. TFLOP/s count only the valid work: per row, the
 sum over valid queries of the keys they attend, times 4*D flops (forward); backward counts 2.5x
 the forward. "flash-nopad" runs the full unpadded causal problem and is credited its full work.
-Ratios for the Triton kernel: speedup = best masked SDPA time / Triton time; "of flash" = Triton
-TFLOP/s / best flash-nopad TFLOP/s. SDPA variants that do not run on these inputs are skipped
-(reported on stderr).
+Ratios for the Triton kernel, both of times: speedup = best masked SDPA time / Triton time
+(goal >= 3 at every shape); "of flash" = best flash-nopad time / Triton time (goal >= 0.8 at
+dsie-long and llm-prompt). Both paddings in one run share the autotuning. SDPA variants that do
+not run on these inputs are skipped (reported on stderr).
 """
 
 import argparse
@@ -163,7 +165,7 @@ def bench_shape(name, shape, dtype, padding, device, methods, reps, seed):
             continue
         work = full_flops if method.startswith("flash-nopad") else flops
         row = {
-            "shape": name, "method": method, "fwd_ms": fwd, "fwd_bwd_ms": both,
+            "shape": name, "padding": padding, "method": method, "fwd_ms": fwd, "fwd_bwd_ms": both,
             "fwd_tflops": work / fwd / 1e9, "fwd_bwd_tflops": 3.5 * work / both / 1e9,
         }  # fmt: skip
         if method == "triton":
@@ -173,9 +175,9 @@ def bench_shape(name, shape, dtype, padding, device, methods, reps, seed):
 
 
 def add_ratios(rows):
-    """Speedup of the Triton kernel over the best masked SDPA, and its fraction of flash."""
-    for shape in {r["shape"] for r in rows}:
-        mine = [r for r in rows if r["shape"] == shape]
+    """Time ratios of the Triton kernel: best masked SDPA / Triton, best flash-nopad / Triton."""
+    for shape, padding in {(r["shape"], r.get("padding")) for r in rows}:
+        mine = [r for r in rows if r["shape"] == shape and r.get("padding") == padding]
         triton_row = next((r for r in mine if r["method"] == "triton"), None)
         sdpa = [r for r in mine if r["method"].startswith("sdpa-")]
         flash = [r for r in mine if r["method"].startswith("flash-nopad")]
@@ -187,21 +189,21 @@ def add_ratios(rows):
                 triton_row[f"best_sdpa_{key}"] = best["method"]
                 triton_row[f"speedup_{key}"] = best[f"{key}_ms"] / triton_row[f"{key}_ms"]
             if flash:
-                best = max(r[f"{key}_tflops"] for r in flash)
-                triton_row[f"of_flash_{key}"] = triton_row[f"{key}_tflops"] / best
+                best = min(r[f"{key}_ms"] for r in flash)
+                triton_row[f"of_flash_{key}"] = best / triton_row[f"{key}_ms"]
     return rows
 
 
 def print_table(rows):
     head = (
-        f"{'shape':<11} {'method':<22} {'fwd ms':>9} {'TFLOP/s':>8} {'fwd+bwd ms':>11} "
+        f"{'shape':<11} {'pad':<5} {'method':<22} {'fwd ms':>9} {'TFLOP/s':>8} {'fwd+bwd ms':>11} "
         f"{'TFLOP/s':>8} {'max err':>9}"
     )
     print(head)
     print("-" * len(head))
     for r in rows:
         print(
-            f"{r['shape']:<11} {r['method']:<22} {r['fwd_ms']:>9.3f} {r['fwd_tflops']:>8.2f} "
+            f"{r['shape']:<11} {r.get('padding', ''):<5} {r['method']:<22} {r['fwd_ms']:>9.3f} {r['fwd_tflops']:>8.2f} "
             f"{r['fwd_bwd_ms']:>11.3f} {r['fwd_bwd_tflops']:>8.2f} "
             + (f"{r['max_err']:>9.2e}" if "max_err" in r else "")
         )
@@ -209,20 +211,24 @@ def print_table(rows):
     for r in rows:
         if r["method"] != "triton":
             continue
-        parts = [r["shape"]]
+        parts = [r["shape"], r.get("padding", "")]
         for key, label in (("fwd", "fwd"), ("fwd_bwd", "fwd+bwd")):
             if f"speedup_{key}" in r:
                 parts.append(f"{label}: {r[f'speedup_{key}']:.2f}x vs {r[f'best_sdpa_{key}']}")
             if f"of_flash_{key}" in r:
-                parts.append(f"{label}: {100 * r[f'of_flash_{key}']:.0f}% of flash-nopad TFLOP/s")
+                parts.append(f"{label}: flash-nopad time / ours {r[f'of_flash_{key}']:.2f}")
         print("  ".join(parts))
 
 
-def compile_check(dtypes, dims, causals=(True, False), limit=None, arch: int = 90):
+def compile_check(
+    dtypes, dims, causals=(True, False), limit=None, arch: int = 90,
+    paddings=("right", "left", None),
+):  # fmt: skip
     """Compile every autotune config of every kernel for a CUDA target (no GPU needed).
 
     Yields one dict per compiled kernel: shared memory, async copies (software pipelining of
-    the loads) and whether Hopper warp-group MMA (wgmma) is used. `limit`: first configs only."""
+    the loads) and whether Hopper warp-group MMA (wgmma) is used. `limit`: first configs only;
+    `paddings`: "right", "left" (lengths read by the kernels) and/or None (no lengths)."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise RuntimeError("--compile-check needs TRITON_INTERPRET unset")
     import triton
@@ -235,27 +241,30 @@ def compile_check(dtypes, dims, causals=(True, False), limit=None, arch: int = 9
     target = GPUTarget("cuda", arch, 32)
     kernels = [
         (ta._fwd_kernel, ta._FWD, ("Q", "K", "V", "OUT"), ("LSE",)),
+        (ta._bwd_dq_kernel, ta._DQ, ("Q", "K", "V", "OUT", "DO", "DQ"), ("LSE", "DELTA")),
         (ta._bwd_dkdv_kernel, ta._DKDV, ("Q", "K", "V", "DO", "DK", "DV"), ("LSE", "DELTA")),
-        (ta._bwd_dq_kernel, ta._DQ, ("Q", "K", "V", "DO", "DQ"), ("LSE", "DELTA")),
     ]
     for dtype in dtypes:
+        name = names[str(dtype).split(".")[1]]
         for dim in dims:
-            common = ta._common(torch.empty(1, 2, 1, dim, dtype=dtype), torch.empty(1, 1, 1, dim))
-            for causal in causals:
-                for tuner, table, tensors, floats in kernels:
-                    rows = table["fp32" if dtype == torch.float32 else "16bit"][:limit]
-                    for m, n, warps, stages in rows:
-                        config = triton.Config(
-                            {"BLOCK_M": m, "BLOCK_N": n}, num_warps=warps, num_stages=stages
-                        )
-                        consts = {**common, "CAUSAL": causal, **config.kwargs}
-                        yield _compile_one(tuner.fn, names[str(dtype).split(".")[1]], tensors,
-                                           floats, consts, config, target, ASTSource, triton)  # fmt: skip
-            pre = {"HEAD_DIM": dim, "BLOCK_D": common["BLOCK_D"], "BLOCK_M": 64}
-            cfg = triton.Config({}, num_warps=4, num_stages=1)
-            name = names[str(dtype).split(".")[1]]
-            yield _compile_one(ta._bwd_preprocess, name, ("OUT", "DO"), ("DELTA",), pre, cfg,
-                               target, ASTSource, triton)  # fmt: skip
+            q, k = torch.empty(1, 2, 1, dim, dtype=dtype), torch.empty(1, 1, 1, dim)
+            for padding in paddings:
+                lengths = None if padding is None else torch.empty(1)
+                common = ta._common(q, k, lengths, padding or "right")
+                for causal in causals:
+                    for tuner, table, tensors, floats in kernels:
+                        for m, n, warps, stages in ta.table_rows(table, dtype, common["BLOCK_D"])[
+                            :limit
+                        ]:
+                            config = triton.Config(
+                                {"BLOCK_M": m, "BLOCK_N": n}, num_warps=warps, num_stages=stages
+                            )
+                            consts = {**common, "CAUSAL": causal, **config.kwargs}
+                            if padding is None:
+                                consts["LENS"] = None
+                            row = _compile_one(tuner.fn, name, tensors, floats, consts, config,
+                                               target, ASTSource, triton)  # fmt: skip
+                            yield {**row, "padding": padding or "none"}
 
 
 def _compile_one(fn, dtype_name, tensors, fp32_tensors, consts, config, target, ast_source, triton):
@@ -267,7 +276,7 @@ def _compile_one(fn, dtype_name, tensors, fp32_tensors, consts, config, target, 
             signature[arg] = f"*{dtype_name}"
         elif arg in fp32_tensors:
             signature[arg] = "*fp32"
-        elif arg in ("STARTS", "ENDS"):
+        elif arg == "LENS":
             signature[arg] = "*i32"
         elif arg in ("qk_scale", "scale"):
             signature[arg] = "fp32"
@@ -290,19 +299,106 @@ def _compile_one(fn, dtype_name, tensors, fp32_tensors, consts, config, target, 
     }  # fmt: skip
 
 
+SDPA_GOAL, FLASH_GOAL = 3.0, 0.8
+FLASH_SHAPES = ("dsie-long", "llm-prompt")  # where the flash goal applies
+
+
+def _best_ms(rows, prefix: str, key: str) -> float:
+    times = [r[f"{key}_ms"] for r in rows if r["method"].startswith(prefix)]
+    return min(times) if times else float("nan")
+
+
+def _ratio(row, name: str, goal: float, applies: bool = True) -> str:
+    fwd, both = row.get(f"{name}_fwd"), row.get(f"{name}_fwd_bwd")
+    if fwd is None or both is None:
+        return "n/a"
+    if not applies:
+        return f"{fwd:.2f} / {both:.2f}    -"
+    return f"{fwd:.2f} / {both:.2f} {'ok' if min(fwd, both) >= goal else 'MISS':>4}"
+
+
+def summary(outdir: Path) -> int:
+    """gpu_check.sh's closing table: per shape and padding, Triton, the best masked SDPA and
+    flash without padding in ms (fwd / fwd+bwd), and the two time ratios against their goals;
+    then the QLoRA step and the wall times of the steps when present. Status 1 if nothing."""
+    found = False
+    path = outdir / "attention.json"
+    if path.is_file():
+        found = True
+        data = json.loads(path.read_text())
+        rows, meta = add_ratios(data["rows"]), data["meta"]
+        if meta.get("partial"):
+            print("attention: the run stopped early; the shapes it measured:")
+        print(
+            f"attention, {meta.get('dtype')}, causal, {meta.get('device')}, torch "
+            f"{meta.get('torch')}, triton {meta.get('triton')}: ms as fwd / fwd+bwd; ratios "
+            "are times (other / ours), goals SDPA >= 3 everywhere, flash >= 0.8 at "
+            + " and ".join(FLASH_SHAPES)
+        )
+        head = (
+            f"{'shape':<11} {'pad':<5} {'triton ms':>15} {'best SDPA ms':>15} {'flash ms':>15} "
+            f"{'SDPA/triton':>17} {'flash/triton':>17}"
+        )
+        print(head)
+        print("-" * len(head))
+        order = list(SHAPES)
+        mine = sorted(
+            (r for r in rows if r["method"] == "triton"),
+            key=lambda r: (r.get("padding") != "right", order.index(r["shape"]) if r["shape"] in order
+                           else len(order)),
+        )  # fmt: skip
+        for r in mine:
+            same = [
+                x for x in rows if (x["shape"], x.get("padding")) == (r["shape"], r.get("padding"))
+            ]
+            times = [
+                (r["fwd_ms"], r["fwd_bwd_ms"]),
+                (_best_ms(same, "sdpa-", "fwd"), _best_ms(same, "sdpa-", "fwd_bwd")),
+                (_best_ms(same, "flash-nopad", "fwd"), _best_ms(same, "flash-nopad", "fwd_bwd")),
+            ]
+            print(
+                f"{r['shape']:<11} {r.get('padding', ''):<5} "
+                + " ".join(f"{f'{a:.3f} / {b:.3f}':>15}" for a, b in times)
+                + f" {_ratio(r, 'speedup', SDPA_GOAL):>17}"
+                + f" {_ratio(r, 'of_flash', FLASH_GOAL, r['shape'] in FLASH_SHAPES):>17}"
+            )
+    qlora = outdir / "qlora.json"
+    if qlora.is_file():
+        found = True
+        q = json.loads(qlora.read_text())
+        print(
+            f"\nQLoRA step ({q['model']}, attn {q['attn']}, batch {q['batch']} x {q['seq_len']}, "
+            f"{q['valid_tokens']} valid tokens): {q['step_ms']} ms/step, {q['tokens_per_s']} "
+            f"tokens/s, peak {q['peak_memory_gib']} GiB"
+        )
+    walls = outdir / "walltimes.tsv"
+    if walls.is_file():
+        found = True
+        print("\nwall time of each step (s) and its status:")
+        for line in walls.read_text().splitlines():
+            name, seconds, status = line.split("\t")
+            print(f"  {name:<16} {float(seconds):>7.1f}  {status}")
+    if not found:
+        print(f"nothing to summarise in {outdir}")
+    return 0 if found else 1
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16")
-    parser.add_argument("--padding", choices=["right", "left"], default="right")
+    parser.add_argument("--padding", nargs="+", choices=["right", "left"], default=["right"])
     parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
     parser.add_argument("--json", type=Path, help="write the results to this file")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on CPU")
     parser.add_argument("--compile-check", action="store_true", help="compile for sm_90 only")
     parser.add_argument("--compile-dims", type=int, nargs="+", default=[32, 64, 128])
+    parser.add_argument("--summary", type=Path, help="print gpu_check.sh's table from OUTDIR")
     args = parser.parse_args(argv)
+    if args.summary:
+        return summary(args.summary)
 
     meta = {"torch": torch.__version__, "padding": args.padding}
     if args.compile_check:
@@ -312,6 +408,7 @@ def main(argv=None) -> int:
             rows.append(r)
             print(
                 f"{r['kernel']:<17} {r['dtype']} D={r['head_dim']:<3} causal={r['causal']!s:<5} "
+                f"{r['padding']:<5} "
                 f"M={r['block_m']} N={r['block_n']} w={r['warps']} s={r['stages']} "
                 f"smem={r['shared_bytes']} async={r['async_copies']} wgmma={r['wgmma']} "
                 f"{r['seconds']:.1f}s",
@@ -324,10 +421,11 @@ def main(argv=None) -> int:
             methods.insert(0, "triton")
         rows = []
         for name, shape in SMOKE_SHAPES.items():
-            shape_rows, _ = bench_shape(
-                name, shape, torch.float32, args.padding, torch.device("cpu"), methods, 1, args.seed
-            )
-            rows += shape_rows
+            for padding in args.padding:
+                shape_rows, _ = bench_shape(
+                    name, shape, torch.float32, padding, torch.device("cpu"), methods, 1, args.seed
+                )
+                rows += shape_rows
         rows = add_ratios(rows)
         print_table(rows)
         result = {"meta": {**meta, "mode": "cpu-smoke", "dtype": "fp32"}, "rows": rows}
@@ -346,19 +444,32 @@ def main(argv=None) -> int:
         )
         rows = []
         methods = ["triton", "sdpa-masked", "flash-nopad"]
-        for name in args.shapes:
-            shape_rows, lengths = bench_shape(
-                name, SHAPES[name], dtype, args.padding, torch.device("cuda"), methods, 0, args.seed
-            )
-            print(f"{name}: B,Hq,Hkv,L,D={SHAPES[name]} mean length {lengths.float().mean():.1f}")
-            rows += shape_rows
+        for padding in args.padding:
+            for name in args.shapes:
+                shape_rows, lengths = bench_shape(
+                    name, SHAPES[name], dtype, padding, torch.device("cuda"), methods, 0, args.seed
+                )
+                print(
+                    f"{name} ({padding}): B,Hq,Hkv,L,D={SHAPES[name]} mean length "
+                    f"{lengths.float().mean():.1f}",
+                    flush=True,
+                )
+                rows += shape_rows
+                if args.json:  # after every shape: a run killed later keeps what it measured
+                    _write_json(args.json, {"meta": {**meta, "partial": True}, "rows": rows})
         rows = add_ratios(rows)
         print_table(rows)
         result = {"meta": meta, "rows": rows}
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+        _write_json(args.json, result)
     return 0
+
+
+def _write_json(path: Path, result: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(result, indent=2))
+    temporary.replace(path)
 
 
 if __name__ == "__main__":

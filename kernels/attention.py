@@ -2,7 +2,7 @@
 
 import torch
 
-from .reference import attention_reference, valid_range
+from .reference import attention_reference
 
 BACKENDS = ("auto", "triton", "torch")
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 128
@@ -37,12 +37,13 @@ class TritonAttention(torch.autograd.Function):
     """Autograd wrapper of the Triton forward and backward kernels."""
 
     @staticmethod
-    def forward(ctx, q, k, v, starts, ends, causal, scale):
+    def forward(ctx, q, k, v, lengths, padding, causal, scale):
         from . import triton_attention
 
         q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
-        out, lse = triton_attention.attention_forward(q, k, v, starts, ends, causal, scale)
-        ctx.save_for_backward(q, k, v, out, lse, starts, ends)
+        out, lse = triton_attention.attention_forward(q, k, v, lengths, padding, causal, scale)
+        ctx.save_for_backward(q, k, v, out, lse, lengths)
+        ctx.padding = padding
         ctx.causal = causal
         ctx.scale = scale
         return out
@@ -51,11 +52,28 @@ class TritonAttention(torch.autograd.Function):
     def backward(ctx, do):
         from . import triton_attention
 
-        q, k, v, out, lse, starts, ends = ctx.saved_tensors
+        q, k, v, out, lse, lengths = ctx.saved_tensors
         dq, dk, dv = triton_attention.attention_backward(
-            _last_dim_contiguous(do), q, k, v, out, lse, starts, ends, ctx.causal, ctx.scale
-        )
+            _last_dim_contiguous(do), q, k, v, out, lse, lengths, ctx.padding, ctx.causal,
+            ctx.scale,
+        )  # fmt: skip
         return dq, dk, dv, None, None, None, None
+
+
+def _kernel_lengths(lengths: torch.Tensor | None, batch: int, device: torch.device):
+    """Lengths as the kernels read them (int32 or int64, contiguous, on the device; they clamp
+    to [0, L] themselves): no copy in the usual case, so no launch per call."""
+    if lengths is None:
+        return None
+    if lengths.shape != (batch,):
+        raise ValueError(f"lengths must have shape [{batch}], got {tuple(lengths.shape)}")
+    if lengths.is_floating_point() or lengths.is_complex():
+        raise ValueError(f"lengths must be an integer tensor, got {lengths.dtype}")
+    if lengths.dtype not in (torch.int32, torch.int64):
+        lengths = lengths.to(torch.int32)
+    if lengths.device != device:
+        lengths = lengths.to(device)
+    return lengths if lengths.stride(0) == 1 else lengths.contiguous()
 
 
 def has_triton() -> bool:
@@ -118,8 +136,8 @@ def attention(
             q, k, v, causal=causal, lengths=lengths, padding=padding, scale=scale
         )
     _triton_available(q.device)
-    batch, _, seq_len, _ = q.shape
+    batch = q.shape[0]
     if q.numel() == 0:
         return q * 0.0
-    starts, ends = valid_range(lengths, batch, seq_len, padding, q.device)
-    return TritonAttention.apply(q, k, v, starts, ends, bool(causal), scale)
+    lengths = _kernel_lengths(lengths, batch, q.device)
+    return TritonAttention.apply(q, k, v, lengths, padding, bool(causal), scale)

@@ -3,12 +3,15 @@
     import coea_kernels.hf  # registers on import
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="coea_triton")
 
-Masks are built as for "sdpa" (a 4-D boolean mask, or None for plain causal attention). A mask
-that is exactly causal (or full) attention over left- or right-padded rows is turned into
-per-row lengths and runs through coea_kernels.attention (rows of padded queries may differ there:
-they output 0). Everything else falls back, explicitly, to the PyTorch reference with the full
-mask: other mask patterns (sliding window, packed sequences, custom 4-D or float masks), query
-length != key length (decoding with a KV cache), dropout in training, head dims outside 16..128.
+Masks are built as for "sdpa" (a 4-D boolean mask, or None for plain causal attention). A 2-D
+[B, Lk] padding mask (1/True = attend, or a float mask added to the scores) is first made the
+4-D mask it stands for, with the causal part aligned to the last query when causal. A mask that
+is exactly causal (or full) attention over left- or right-padded rows, one per batch row, is
+turned into per-row lengths and runs through coea_kernels.attention (rows of padded queries may
+differ there: they output 0). Everything else falls back, explicitly, to the PyTorch reference
+with the full mask: other mask patterns (sliding window, packed sequences, custom 4-D or float
+masks, a mask broadcast over the batch such as [1, 1, L, L]), query length != key length
+(decoding with a KV cache), dropout in training, head dims outside 16..128.
 
 The backend follows coea_kernels.attention's "auto" (Triton on CUDA, PyTorch elsewhere); a model
 can force one with `model.config.coea_attention_backend = "triton" | "torch"`.
@@ -55,6 +58,30 @@ def padding_from_mask(mask: torch.Tensor, causal: bool) -> tuple[torch.Tensor, s
     return result
 
 
+def mask_from_2d(mask: torch.Tensor, q_len: int, causal: bool) -> torch.Tensor:
+    """The [B, 1, q_len, Lk] mask a 2-D [B, Lk] padding mask stands for: boolean when the mask
+    is boolean or integer (nonzero = attend), additive float otherwise. Causal: query i sees
+    keys up to Lk - q_len + i (the last query sees every key, as with a KV cache)."""
+    cached = getattr(mask, "_coea_4d", None)
+    if cached is not None and cached[:3] == (mask._version, q_len, causal):
+        return cached[3]
+    k_len = mask.shape[-1]
+    keep = None
+    if causal:
+        queries = torch.arange(q_len, device=mask.device) + (k_len - q_len)
+        keep = torch.arange(k_len, device=mask.device)[None, :] <= queries[:, None]
+    if mask.is_floating_point():
+        full = mask[:, None, None, :].expand(-1, 1, q_len, -1)
+        if keep is not None:
+            full = full.masked_fill(~keep, float("-inf"))
+    else:
+        full = (mask != 0)[:, None, None, :].expand(-1, 1, q_len, -1)
+        if keep is not None:
+            full = full & keep
+    mask._coea_4d = (mask._version, q_len, causal, full)
+    return full
+
+
 def _fallback(query, key, value, mask, scaling, dropout, causal, reason):
     _log.debug("coea_triton: reference attention (%s)", reason)
     return attention_masked(query, key, value, mask, scale=scaling, causal=causal, dropout=dropout)
@@ -80,6 +107,8 @@ def coea_attention_forward(
     backend = getattr(config, "coea_attention_backend", "auto")
     dropout = dropout if module.training else 0.0
     q_len, k_len = query.shape[2], key.shape[2]
+    if attention_mask is not None and attention_mask.dim() == 2:
+        attention_mask = mask_from_2d(attention_mask, q_len, causal)
 
     out = None
     supported = (
@@ -105,7 +134,9 @@ def coea_attention_forward(
     elif q_len != k_len:
         out = _fallback(query, key, value, attention_mask, scaling, 0.0, False, "q_len != k_len")
     else:
-        layout = padding_from_mask(attention_mask, causal)
+        layout = None
+        if attention_mask.shape[0] == query.shape[0]:  # a batch-broadcast mask falls back
+            layout = padding_from_mask(attention_mask, causal)
         if layout is None:
             out = _fallback(query, key, value, attention_mask, scaling, 0.0, False, "mask pattern")
         else:

@@ -1,10 +1,15 @@
 """Triton kernels: FlashAttention-2 style forward and backward over per-row valid ranges.
 
-Row b of the batch has valid positions [starts[b], ends[b]). Key blocks start at starts[b], so
-blocks outside the valid range (and above the causal diagonal) are never visited. Loops run
-first over blocks that need no mask, then over the few that do (diagonal and tail).
+Row b of the batch has n_b = clamp(lengths[b], 0, L) valid positions [start_b, start_b + n_b):
+start_b = 0 for right padding, L - n_b for left padding. Each kernel reads the lengths itself (no
+per-call torch work). Query and key tiles are aligned to the row start, so a left-padded row has
+the same tiles as a right-padded one; tiles outside the valid range (and above the causal
+diagonal) are never visited. Programs past a row's last tile zero-fill its padded positions.
+Loops run first over blocks that need no mask, then over the few that do (diagonal and tail).
+The grid is (B * heads, tiles); causal query tiles are launched heaviest first.
 Scores use base 2: qk_scale = scale * log2(e), and the stored logsumexp is in that unit (fp32).
 A query head h reads kv head h // GROUP; dK/dV sum over the GROUP query heads of their kv head.
+The backward is two launches: dQ (which also computes delta = rowsum(dO * O)), then dK/dV.
 """
 
 import os
@@ -14,22 +19,31 @@ import triton
 import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# COEA_ATTN_PIN=1: no autotuning, the first config that fits (quick compiles for tests).
+PIN = os.environ.get("COEA_ATTN_PIN") == "1"
 LOG2E = 1.4426950408889634
 NEG = tl.constexpr(-1.0e30)  # finite "minus infinity": fully masked rows stay finite
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages), tuned for Hopper (H100/H200). fp16/bf16 and fp32
-# (tf32x3 products, twice the bytes per tile) get separate sets that fit in shared memory.
+# (BLOCK_M, BLOCK_N, num_warps, num_stages), tuned for Hopper (H100/H200). fp16/bf16 get a table
+# per head dim (d32, d64, other); fp32 (tf32x3 products, twice the bytes per tile) one set that
+# fits in shared memory. The short-L shapes (L 200..1024) favour 64-row tiles at D=32: more CTAs.
 _FWD = {
+    "d32": [(64, 64, 4, 3), (128, 64, 4, 3), (64, 32, 4, 3), (128, 32, 4, 4)],
+    "d64": [(128, 64, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 32, 4, 4)],
     "16bit": [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 32, 4, 4)],
     "fp32": [(64, 64, 4, 2), (64, 32, 4, 2)],
 }
 # dK/dV: BLOCK_N keys held, BLOCK_M queries streamed.
 _DKDV = {
+    "d32": [(32, 64, 4, 3), (64, 64, 4, 3), (32, 128, 4, 3), (16, 64, 4, 4)],
+    "d64": [(32, 128, 4, 3), (64, 64, 4, 3), (64, 128, 8, 3), (32, 64, 4, 4)],
     "16bit": [(32, 128, 4, 3), (64, 128, 8, 3), (64, 64, 4, 3), (32, 64, 4, 4)],
     "fp32": [(32, 64, 4, 2), (16, 64, 4, 2)],
 }
 # dQ: BLOCK_M queries held, BLOCK_N keys streamed.
 _DQ = {
+    "d32": [(64, 64, 4, 3), (128, 32, 4, 3), (64, 32, 4, 4), (128, 64, 8, 3)],
+    "d64": [(128, 32, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 4)],
     "16bit": [(128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 4)],
     "fp32": [(64, 32, 4, 2), (32, 32, 4, 2)],
 }
@@ -42,8 +56,16 @@ def _row(config: triton.Config) -> tuple[int, int, int, int]:
     return kw["BLOCK_M"], kw["BLOCK_N"], config.num_warps, config.num_stages
 
 
+def table_rows(table: dict, dtype: torch.dtype, block_d: int) -> list:
+    """The configs of `table` for an input dtype and (padded) head dim."""
+    if dtype == torch.float32:
+        return table["fp32"]
+    return table.get(f"d{block_d}", table["16bit"])
+
+
 def _configs(table: dict, kind: str) -> list[triton.Config]:
-    rows = [_INTERPRET[kind]] if INTERPRET else list(dict.fromkeys(table["16bit"] + table["fp32"]))
+    every = [row for rows in table.values() for row in rows]
+    rows = [_INTERPRET[kind]] if INTERPRET else list(dict.fromkeys(every))
     return [
         triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
         for m, n, w, s in rows
@@ -52,15 +74,15 @@ def _configs(table: dict, kind: str) -> list[triton.Config]:
 
 def _pruner(table: dict):
     def prune(configs, named_args, **kwargs):
-        """Keep the configs of the input dtype whose blocks fit the (bucketed) sequence
-        length; if none fits, the smallest tile."""
-        kind = "fp32" if named_args["Q"].dtype == torch.float32 else "16bit"
-        ours = [c for c in configs if _row(c) in table[kind]]
+        """Keep the configs of the input dtype and head dim whose blocks fit the (bucketed)
+        sequence length; if none fits, the smallest tile. Pinned (COEA_ATTN_PIN=1): the first."""
+        rows = table_rows(table, named_args["Q"].dtype, kwargs["BLOCK_D"])
+        ours = sorted((c for c in configs if _row(c) in rows), key=lambda c: rows.index(_row(c)))
         seq = max(named_args["L_KEY"], 16)
         kept = [c for c in ours if c.kwargs["BLOCK_M"] <= seq and c.kwargs["BLOCK_N"] <= seq]
-        if kept:
-            return kept
-        return [min(ours, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+        if not kept:
+            kept = [min(ours, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+        return kept[:1] if PIN else kept
 
     return {"early_config_prune": prune}
 
@@ -128,97 +150,104 @@ def _fwd_step(
 
 
 @triton.jit
-def _query_loop_bounds(
-    m0, start, end, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr
-):
-    """Key blocks for query block [m0, m0 + BLOCK_M): (n_full unmasked, n_blocks in all)."""
-    empty = (m0 >= end) | (m0 + BLOCK_M <= start)
-    if CAUSAL:
-        hi = tl.minimum(end, m0 + BLOCK_M)
-        full_hi = tl.minimum(end, tl.maximum(m0, start) + 1)
+def _row_range(LENS, b, L, HAS_LENGTHS: tl.constexpr, LEFT: tl.constexpr):
+    """(start, n): row b's valid positions are [start, start + n), from its length."""
+    if HAS_LENGTHS:
+        n = tl.load(LENS + b).to(tl.int32)
+        n = tl.minimum(tl.maximum(n, 0), L)
     else:
-        hi = end
-        full_hi = end
-    n_blocks = tl.cdiv(tl.maximum(hi - start, 0), BLOCK_N)
-    n_blocks = tl.where(empty, 0, n_blocks)
-    n_full = tl.minimum(tl.maximum(full_hi - start, 0) // BLOCK_N, n_blocks)
+        n = L
+    if LEFT:
+        start = L - n
+    else:
+        start = 0
+    return start, n
+
+
+@triton.jit
+def _zero_rows(
+    base, stride, t, nb, start, L, offs_d, d_mask,
+    LEFT: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """Zero-fill padded rows: tile t - nb of [0, start) when left padded, tile t of [0, L)
+    (past the last valid tile nb - 1, which zeroes its own tail) when right padded."""
+    if LEFT:
+        offs = (t - nb) * BLOCK + tl.arange(0, BLOCK)
+        ok = offs < start
+    else:
+        offs = t * BLOCK + tl.arange(0, BLOCK)
+        ok = offs < L
+    zero = tl.zeros([BLOCK, BLOCK_D], dtype=base.dtype.element_ty)
+    tl.store(base + offs[:, None] * stride + offs_d[None, :], zero,
+             mask=ok[:, None] & d_mask[None, :])  # fmt: skip
+
+
+@triton.jit
+def _query_loop_bounds(m0, n, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Key blocks for query block [m0, m0 + BLOCK_M) of a row of n valid positions (relative to
+    the row start, m0 < n): (n_full unmasked, n_blocks in all)."""
+    if CAUSAL:
+        hi = tl.minimum(n, m0 + BLOCK_M)
+        full_hi = tl.minimum(n, m0 + 1)
+    else:
+        hi = n
+        full_hi = n
+    n_blocks = tl.cdiv(hi, BLOCK_N)
+    n_full = tl.minimum(full_hi // BLOCK_N, n_blocks)
     return n_full, n_blocks
 
 
 @triton.autotune(configs=_configs(_FWD, "fwd"), key=_KEY, prune_configs_by=_pruner(_FWD))
 @triton.jit
 def _fwd_kernel(
-    Q, K, V, OUT, LSE, STARTS, ENDS,
+    Q, K, V, OUT, LSE, LENS,
     sqb, sqh, sql, skb, skh, skl, svb, svh, svl, sob, soh, sol,
     H, L, L_KEY, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, GROUP: tl.constexpr,
-    CAUSAL: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_LENGTHS: tl.constexpr, LEFT: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_bh = tl.program_id(0)
+    t = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
     h = pid_bh % H
     hk = h // GROUP
-    start = tl.load(STARTS + b)
-    end = tl.load(ENDS + b)
-
-    m0 = pid_m * BLOCK_M
-    offs_m = m0 + tl.arange(0, BLOCK_M)
+    start, n = _row_range(LENS, b, L, HAS_LENGTHS, LEFT)
+    nb = tl.cdiv(n, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < HEAD_DIM
-    q_ok = (offs_m >= start) & (offs_m < end)
-    q = _load_rows(Q + b * sqb + h * sqh + offs_m[:, None] * sql + offs_d[None, :], q_ok, d_mask,
-                   True, EVEN_D)  # fmt: skip
-    k_base = K + b * skb + hk * skh + start * skl
-    v_base = V + b * svb + hk * svh + start * svl
+    o_base = OUT + b * sob + h * soh
+    if t < nb:
+        m0 = (nb - 1 - t) * BLOCK_M  # the last query block (the heaviest when causal) first
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        rows = start + offs_m
+        q_ok = offs_m < n
+        q = _load_rows(Q + b * sqb + h * sqh + rows[:, None] * sql + offs_d[None, :], q_ok,
+                       d_mask, True, EVEN_D)  # fmt: skip
+        k_base = K + b * skb + hk * skh + start * skl
+        v_base = V + b * svb + hk * svh + start * svl
 
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    n_full, n_blocks = _query_loop_bounds(m0, start, end, CAUSAL, BLOCK_M, BLOCK_N)
-    end_rel = end - start
-    offs_m_rel = offs_m - start
-    for i in range(0, n_full):
-        acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, skl, svl, i * BLOCK_N,
-                                  offs_m_rel, offs_d, d_mask, end_rel, qk_scale,
-                                  CAUSAL, False, EVEN_D, BLOCK_N, PRECISION)  # fmt: skip
-    for i in range(n_full, n_blocks):
-        acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, skl, svl, i * BLOCK_N,
-                                  offs_m_rel, offs_d, d_mask, end_rel, qk_scale,
-                                  CAUSAL, True, EVEN_D, BLOCK_N, PRECISION)  # fmt: skip
+        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        n_full, n_blocks = _query_loop_bounds(m0, n, CAUSAL, BLOCK_M, BLOCK_N)
+        for i in range(0, n_full):
+            acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, skl, svl, i * BLOCK_N,
+                                      offs_m, offs_d, d_mask, n, qk_scale,
+                                      CAUSAL, False, EVEN_D, BLOCK_N, PRECISION)  # fmt: skip
+        for i in range(n_full, n_blocks):
+            acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, skl, svl, i * BLOCK_N,
+                                      offs_m, offs_d, d_mask, n, qk_scale,
+                                      CAUSAL, True, EVEN_D, BLOCK_N, PRECISION)  # fmt: skip
 
-    l_safe = tl.where(l_i > 0.0, l_i, 1.0)
-    out = tl.where(q_ok[:, None], acc / l_safe[:, None], 0.0)
-    row_in = offs_m < L
-    tl.store(OUT + b * sob + h * soh + offs_m[:, None] * sol + offs_d[None, :],
-             out.to(OUT.dtype.element_ty), mask=row_in[:, None] & d_mask[None, :])  # fmt: skip
-    lse = tl.where(q_ok, m_i + tl.math.log2(l_safe), 0.0)
-    tl.store(LSE + pid_bh.to(tl.int64) * L + offs_m, lse, mask=row_in)
-
-
-@triton.jit
-def _bwd_preprocess(
-    OUT, DO, DELTA, STARTS, ENDS, sob, soh, sol, sdb, sdh, sdl, H, L,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-):  # fmt: skip
-    """delta = rowsum(dO * O) in fp32, 0 on padded rows."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = pid_bh % H
-    start = tl.load(STARTS + b)
-    end = tl.load(ENDS + b)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    ok = (offs_m >= start) & (offs_m < end)
-    mask = ok[:, None] & (offs_d[None, :] < HEAD_DIM)
-    o = tl.load(
-        OUT + b * sob + h * soh + offs_m[:, None] * sol + offs_d[None, :], mask=mask, other=0.0
-    )
-    do = tl.load(DO + b * sdb + h * sdh + offs_m[:, None] * sdl + offs_d[None, :], mask=mask,
-                 other=0.0)  # fmt: skip
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    tl.store(DELTA + pid_bh.to(tl.int64) * L + offs_m, delta, mask=offs_m < L)
+        l_safe = tl.where(l_i > 0.0, l_i, 1.0)
+        out = tl.where(q_ok[:, None], acc / l_safe[:, None], 0.0)
+        tl.store(o_base + rows[:, None] * sol + offs_d[None, :], out.to(OUT.dtype.element_ty),
+                 mask=(rows < L)[:, None] & d_mask[None, :])  # fmt: skip
+        lse = m_i + tl.math.log2(l_safe)
+        tl.store(LSE + pid_bh.to(tl.int64) * L + rows, lse, mask=q_ok)
+    else:
+        _zero_rows(o_base, sol, t, nb, start, L, offs_d, d_mask, LEFT, BLOCK_M, BLOCK_D)
 
 
 @triton.jit
@@ -228,7 +257,7 @@ def _dkdv_step(
     CAUSAL: tl.constexpr, MASKED: tl.constexpr, EVEN_D: tl.constexpr,
     BLOCK_M: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    # Positions are relative to the row start; offs_n are key positions (may be out of range).
+    # Positions are relative to the row start; offs_n are key positions (may be past the end).
     offs_m = m_start + tl.arange(0, BLOCK_M)
     q_ok = offs_m < end
     qt = _load_cols(q_base + offs_m[None, :] * sql + offs_d[:, None], q_ok, d_mask, MASKED, EVEN_D)
@@ -242,7 +271,7 @@ def _dkdv_step(
     st = tl.dot(k, qt, input_precision=PRECISION) * qk_scale
     pt = tl.math.exp2(st - lse[None, :])
     if MASKED:
-        keep = q_ok[None, :] & (offs_n[:, None] >= 0) & (offs_n[:, None] < end)
+        keep = q_ok[None, :] & (offs_n[:, None] < end)
         if CAUSAL:
             keep = keep & (offs_m[None, :] >= offs_n[:, None])
         pt = tl.where(keep, pt, 0.0)
@@ -256,72 +285,77 @@ def _dkdv_step(
 @triton.autotune(configs=_configs(_DKDV, "dkdv"), key=_KEY, prune_configs_by=_pruner(_DKDV))
 @triton.jit
 def _bwd_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, DK, DV, STARTS, ENDS,
+    Q, K, V, DO, LSE, DELTA, DK, DV, LENS,
     sqb, sqh, sql, skb, skh, skl, svb, svh, svl, sdb, sdh, sdl,
     sdkb, sdkh, sdkl, sdvb, sdvh, sdvl,
     H, HKV, L, L_KEY, qk_scale, scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, GROUP: tl.constexpr,
-    CAUSAL: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_LENGTHS: tl.constexpr, LEFT: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_bh = tl.program_id(0)
+    t = tl.program_id(1)
     b = (pid_bh // HKV).to(tl.int64)
     hk = pid_bh % HKV
-    start = tl.load(STARTS + b)
-    end = tl.load(ENDS + b)
-
-    n0 = pid_n * BLOCK_N
-    offs_n = n0 + tl.arange(0, BLOCK_N)
+    start, n = _row_range(LENS, b, L, HAS_LENGTHS, LEFT)
+    nb = tl.cdiv(n, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < HEAD_DIM
-    k_ok = (offs_n >= start) & (offs_n < end)
-    k = _load_rows(K + b * skb + hk * skh + offs_n[:, None] * skl + offs_d[None, :], k_ok, d_mask,
-                   True, EVEN_D)  # fmt: skip
-    v = _load_rows(V + b * svb + hk * svh + offs_n[:, None] * svl + offs_d[None, :], k_ok, d_mask,
-                   True, EVEN_D)  # fmt: skip
-    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dk_base = DK + b * sdkb + hk * sdkh
+    dv_base = DV + b * sdvb + hk * sdvh
+    if t < nb:
+        n0 = t * BLOCK_N  # causal: the first key blocks see the most queries, and run first
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        rows = start + offs_n
+        k_ok = offs_n < n
+        k = _load_rows(K + b * skb + hk * skh + rows[:, None] * skl + offs_d[None, :], k_ok,
+                       d_mask, True, EVEN_D)  # fmt: skip
+        v = _load_rows(V + b * svb + hk * svh + rows[:, None] * svl + offs_d[None, :], k_ok,
+                       d_mask, True, EVEN_D)  # fmt: skip
+        dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
 
-    # Query blocks start at q_lo (relative to the row start) and stop at the row end.
-    empty = (n0 >= end) | (n0 + BLOCK_N <= start)
-    end_rel = end - start
-    offs_n_rel = offs_n - start
-    if CAUSAL:
-        q_lo = tl.maximum(n0 - start, 0)
-        n_head = tl.cdiv(tl.maximum(n0 + BLOCK_N - 1 - start - q_lo, 0), BLOCK_M)
+        # Query blocks start at q_lo and stop at the row end (positions relative to its start):
+        # n_head masked blocks on the diagonal, unmasked ones up to n_mid, then a masked tail.
+        if CAUSAL:
+            q_lo = n0
+            n_head = tl.cdiv(BLOCK_N - 1, BLOCK_M)
+        else:
+            q_lo = 0
+            n_head = 0
+        n_blocks = tl.cdiv(n - q_lo, BLOCK_M)
+        keys_full = n0 + BLOCK_N <= n
+        n_head = tl.where(keys_full, tl.minimum(n_head, n_blocks), n_blocks)
+        n_mid = tl.maximum(n_head, tl.minimum((n - q_lo) // BLOCK_M, n_blocks))
+
+        for g in range(GROUP):
+            h = hk * GROUP + g
+            bh = b * H + h
+            q_base = Q + b * sqb + h * sqh + start * sql
+            do_base = DO + b * sdb + h * sdh + start * sdl
+            lse_base = LSE + bh * L + start
+            delta_base = DELTA + bh * L + start
+            for i in range(0, n_head):
+                dk, dv = _dkdv_step(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sql,
+                                    sdl, q_lo + i * BLOCK_M, offs_n, offs_d, d_mask, n, qk_scale,
+                                    CAUSAL, True, EVEN_D, BLOCK_M, PRECISION)  # fmt: skip
+            for i in range(n_head, n_mid):
+                dk, dv = _dkdv_step(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sql,
+                                    sdl, q_lo + i * BLOCK_M, offs_n, offs_d, d_mask, n, qk_scale,
+                                    CAUSAL, False, EVEN_D, BLOCK_M, PRECISION)  # fmt: skip
+            for i in range(n_mid, n_blocks):
+                dk, dv = _dkdv_step(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sql,
+                                    sdl, q_lo + i * BLOCK_M, offs_n, offs_d, d_mask, n, qk_scale,
+                                    CAUSAL, True, EVEN_D, BLOCK_M, PRECISION)  # fmt: skip
+
+        mask = (rows < L)[:, None] & d_mask[None, :]
+        tl.store(dk_base + rows[:, None] * sdkl + offs_d[None, :],
+                 (dk * scale).to(DK.dtype.element_ty), mask=mask)  # fmt: skip
+        tl.store(dv_base + rows[:, None] * sdvl + offs_d[None, :], dv.to(DV.dtype.element_ty),
+                 mask=mask)  # fmt: skip
     else:
-        q_lo = n0 * 0
-        n_head = n0 * 0
-    n_blocks = tl.where(empty, 0, tl.cdiv(tl.maximum(end_rel - q_lo, 0), BLOCK_M))
-    keys_full = (n0 >= start) & (n0 + BLOCK_N <= end)
-    n_head = tl.where(keys_full, tl.minimum(n_head, n_blocks), n_blocks)
-    n_mid = tl.maximum(n_head, tl.minimum((end_rel - q_lo) // BLOCK_M, n_blocks))
-
-    for g in range(GROUP):
-        h = hk * GROUP + g
-        bh = b * H + h
-        q_base = Q + b * sqb + h * sqh + start * sql
-        do_base = DO + b * sdb + h * sdh + start * sdl
-        lse_base = LSE + bh * L + start
-        delta_base = DELTA + bh * L + start
-        for i in range(0, n_head):
-            dk, dv = _dkdv_step(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sql, sdl,
-                                q_lo + i * BLOCK_M, offs_n_rel, offs_d, d_mask, end_rel, qk_scale,
-                                CAUSAL, True, EVEN_D, BLOCK_M, PRECISION)  # fmt: skip
-        for i in range(n_head, n_mid):
-            dk, dv = _dkdv_step(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sql, sdl,
-                                q_lo + i * BLOCK_M, offs_n_rel, offs_d, d_mask, end_rel, qk_scale,
-                                CAUSAL, False, EVEN_D, BLOCK_M, PRECISION)  # fmt: skip
-        for i in range(n_mid, n_blocks):
-            dk, dv = _dkdv_step(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sql, sdl,
-                                q_lo + i * BLOCK_M, offs_n_rel, offs_d, d_mask, end_rel, qk_scale,
-                                CAUSAL, True, EVEN_D, BLOCK_M, PRECISION)  # fmt: skip
-
-    mask = (offs_n < L)[:, None] & d_mask[None, :]
-    tl.store(DK + b * sdkb + hk * sdkh + offs_n[:, None] * sdkl + offs_d[None, :],
-             (dk * scale).to(DK.dtype.element_ty), mask=mask)  # fmt: skip
-    tl.store(DV + b * sdvb + hk * sdvh + offs_n[:, None] * sdvl + offs_d[None, :],
-             dv.to(DV.dtype.element_ty), mask=mask)  # fmt: skip
+        _zero_rows(dk_base, sdkl, t, nb, start, L, offs_d, d_mask, LEFT, BLOCK_N, BLOCK_D)
+        _zero_rows(dv_base, sdvl, t, nb, start, L, offs_d, d_mask, LEFT, BLOCK_N, BLOCK_D)
 
 
 @triton.jit
@@ -355,51 +389,59 @@ def _dq_step(
 @triton.autotune(configs=_configs(_DQ, "dq"), key=_KEY, prune_configs_by=_pruner(_DQ))
 @triton.jit
 def _bwd_dq_kernel(
-    Q, K, V, DO, LSE, DELTA, DQ, STARTS, ENDS,
-    sqb, sqh, sql, skb, skh, skl, svb, svh, svl, sdb, sdh, sdl, sdqb, sdqh, sdql,
+    Q, K, V, OUT, DO, LSE, DELTA, DQ, LENS,
+    sqb, sqh, sql, skb, skh, skl, svb, svh, svl, sob, soh, sol, sdb, sdh, sdl,
+    sdqb, sdqh, sdql,
     H, L, L_KEY, qk_scale, scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, GROUP: tl.constexpr,
-    CAUSAL: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_LENGTHS: tl.constexpr, LEFT: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    """dQ for a query block; also writes delta = rowsum(dO * O) (fp32) for the dK/dV kernel."""
+    pid_bh = tl.program_id(0)
+    t = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
     h = pid_bh % H
     hk = h // GROUP
-    start = tl.load(STARTS + b)
-    end = tl.load(ENDS + b)
-
-    m0 = pid_m * BLOCK_M
-    offs_m = m0 + tl.arange(0, BLOCK_M)
+    start, n = _row_range(LENS, b, L, HAS_LENGTHS, LEFT)
+    nb = tl.cdiv(n, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < HEAD_DIM
-    q_ok = (offs_m >= start) & (offs_m < end)
-    q = _load_rows(Q + b * sqb + h * sqh + offs_m[:, None] * sql + offs_d[None, :], q_ok, d_mask,
-                   True, EVEN_D)  # fmt: skip
-    do = _load_rows(DO + b * sdb + h * sdh + offs_m[:, None] * sdl + offs_d[None, :], q_ok, d_mask,
-                    True, EVEN_D)  # fmt: skip
-    row = pid_bh.to(tl.int64) * L + offs_m
-    lse = tl.load(LSE + row, mask=q_ok, other=0.0)
-    delta = tl.load(DELTA + row, mask=q_ok, other=0.0)
-    k_base = K + b * skb + hk * skh + start * skl
-    v_base = V + b * svb + hk * svh + start * svl
+    dq_base = DQ + b * sdqb + h * sdqh
+    if t < nb:
+        m0 = (nb - 1 - t) * BLOCK_M  # the last query block (the heaviest when causal) first
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        rows = start + offs_m
+        q_ok = offs_m < n
+        q = _load_rows(Q + b * sqb + h * sqh + rows[:, None] * sql + offs_d[None, :], q_ok,
+                       d_mask, True, EVEN_D)  # fmt: skip
+        do = _load_rows(DO + b * sdb + h * sdh + rows[:, None] * sdl + offs_d[None, :], q_ok,
+                        d_mask, True, EVEN_D)  # fmt: skip
+        o = _load_rows(OUT + b * sob + h * soh + rows[:, None] * sol + offs_d[None, :], q_ok,
+                       d_mask, True, EVEN_D)  # fmt: skip
+        delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+        row = pid_bh.to(tl.int64) * L + rows
+        tl.store(DELTA + row, delta, mask=q_ok)
+        lse = tl.load(LSE + row, mask=q_ok, other=0.0)
+        k_base = K + b * skb + hk * skh + start * skl
+        v_base = V + b * svb + hk * svh + start * svl
 
-    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    n_full, n_blocks = _query_loop_bounds(m0, start, end, CAUSAL, BLOCK_M, BLOCK_N)
-    end_rel = end - start
-    offs_m_rel = offs_m - start
-    for i in range(0, n_full):
-        dq = _dq_step(dq, q, do, lse, delta, k_base, v_base, skl, svl, i * BLOCK_N, offs_m_rel,
-                      offs_d, d_mask, end_rel, qk_scale, CAUSAL, False, EVEN_D, BLOCK_N,
-                      PRECISION)  # fmt: skip
-    for i in range(n_full, n_blocks):
-        dq = _dq_step(dq, q, do, lse, delta, k_base, v_base, skl, svl, i * BLOCK_N, offs_m_rel,
-                      offs_d, d_mask, end_rel, qk_scale, CAUSAL, True, EVEN_D, BLOCK_N,
-                      PRECISION)  # fmt: skip
+        dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        n_full, n_blocks = _query_loop_bounds(m0, n, CAUSAL, BLOCK_M, BLOCK_N)
+        for i in range(0, n_full):
+            dq = _dq_step(dq, q, do, lse, delta, k_base, v_base, skl, svl, i * BLOCK_N, offs_m,
+                          offs_d, d_mask, n, qk_scale, CAUSAL, False, EVEN_D, BLOCK_N,
+                          PRECISION)  # fmt: skip
+        for i in range(n_full, n_blocks):
+            dq = _dq_step(dq, q, do, lse, delta, k_base, v_base, skl, svl, i * BLOCK_N, offs_m,
+                          offs_d, d_mask, n, qk_scale, CAUSAL, True, EVEN_D, BLOCK_N,
+                          PRECISION)  # fmt: skip
 
-    dq = tl.where(q_ok[:, None], dq * scale, 0.0)
-    tl.store(DQ + b * sdqb + h * sdqh + offs_m[:, None] * sdql + offs_d[None, :],
-             dq.to(DQ.dtype.element_ty), mask=(offs_m < L)[:, None] & d_mask[None, :])  # fmt: skip
+        dq = tl.where(q_ok[:, None], dq * scale, 0.0)
+        tl.store(dq_base + rows[:, None] * sdql + offs_d[None, :], dq.to(DQ.dtype.element_ty),
+                 mask=(rows < L)[:, None] & d_mask[None, :])  # fmt: skip
+    else:
+        _zero_rows(dq_base, sdql, t, nb, start, L, offs_d, d_mask, LEFT, BLOCK_M, BLOCK_D)
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -412,7 +454,7 @@ def _l_key(seq_len: int) -> int:
     return triton.next_power_of_2(max(seq_len, 16))
 
 
-def _common(q: torch.Tensor, k: torch.Tensor) -> dict:
+def _common(q: torch.Tensor, k: torch.Tensor, lengths, padding: str) -> dict:
     dim = q.shape[-1]
     block_d = max(16, triton.next_power_of_2(dim))
     return {
@@ -420,65 +462,86 @@ def _common(q: torch.Tensor, k: torch.Tensor) -> dict:
         "BLOCK_D": block_d,
         "EVEN_D": dim == block_d,
         "GROUP": q.shape[1] // k.shape[1],
+        "HAS_LENGTHS": lengths is not None,
+        "LEFT": lengths is not None and padding == "left",
         "PRECISION": _precision(q.dtype),
     }
 
 
-def attention_forward(q, k, v, starts, ends, causal: bool, scale: float):
-    """Returns (out like q, logsumexp [B, Hq, L] fp32 in base 2)."""
+def _tiles(seq_len: int, block: int, left: bool) -> int:
+    # A left-padded row's tiles start at its first valid position: one more tile zero-fills
+    # the padded positions before it.
+    return triton.cdiv(seq_len, block) + int(left)
+
+
+# The config each autotuned kernel chose, per autotuning key: later calls launch the kernel with
+# it directly, without the autotuner's per-call bookkeeping (tens of microseconds of Python).
+_BEST: dict = {}
+
+
+def _launch(kernel, grid, args: tuple, kwargs: dict, seq_len: int, q, lengths) -> None:
+    key = (kernel.fn.__name__, _l_key(seq_len), q.dtype, None if lengths is None else lengths.dtype)
+    key += tuple(kwargs[name] for name in ("BLOCK_D", "CAUSAL", "GROUP"))
+    config = _BEST.get(key)
+    if config is None:
+        kernel[grid](*args, **kwargs)
+        _BEST[key] = kernel.best_config
+    else:
+        kernel.fn[grid](*args, **kwargs, **config.all_kwargs())
+
+
+def attention_forward(q, k, v, lengths, padding: str, causal: bool, scale: float):
+    """Returns (out like q, logsumexp [B, Hq, L] fp32 in base 2, set on valid rows only).
+    lengths: int32/int64 [B] on q's device (contiguous), or None (no padding)."""
     batch, heads, seq_len, _ = q.shape
     out = torch.empty_like(q)
     lse = torch.empty((batch, heads, seq_len), device=q.device, dtype=torch.float32)
+    common = _common(q, k, lengths, padding)
 
     def grid(meta):
-        return (triton.cdiv(seq_len, meta["BLOCK_M"]), batch * heads)
+        return (batch * heads, _tiles(seq_len, meta["BLOCK_M"], common["LEFT"]))
 
-    _fwd_kernel[grid](
-        q, k, v, out, lse, starts, ends,
+    args = (
+        q, k, v, out, lse, lengths,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
         heads, seq_len, _l_key(seq_len), scale * LOG2E,
-        CAUSAL=causal, **_common(q, k),
     )  # fmt: skip
+    _launch(_fwd_kernel, grid, args, {"CAUSAL": causal, **common}, seq_len, q, lengths)
     return out, lse
 
 
-def attention_backward(do, q, k, v, out, lse, starts, ends, causal: bool, scale: float):
-    """Returns (dq, dk, dv) shaped and strided like q, k, v."""
-    batch, heads, seq_len, dim = q.shape
+def attention_backward(do, q, k, v, out, lse, lengths, padding: str, causal: bool, scale: float):
+    """Returns (dq, dk, dv) shaped and strided like q, k, v: two launches, dQ then dK/dV."""
+    batch, heads, seq_len, _ = q.shape
     kv_heads = k.shape[1]
-    common = _common(q, k)
+    common = _common(q, k, lengths, padding)
     delta = torch.empty_like(lse)
-    pre_block = 64 if dim <= 64 else 32
-    _bwd_preprocess[(triton.cdiv(seq_len, pre_block), batch * heads)](
-        out, do, delta, starts, ends, *out.stride()[:3], *do.stride()[:3], heads, seq_len,
-        HEAD_DIM=dim, BLOCK_D=common["BLOCK_D"], BLOCK_M=pre_block,
-    )  # fmt: skip
-
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
     qk_scale = scale * LOG2E
 
-    def grid_kv(meta):
-        return (triton.cdiv(seq_len, meta["BLOCK_N"]), batch * kv_heads)
+    def grid_q(meta):
+        return (batch * heads, _tiles(seq_len, meta["BLOCK_M"], common["LEFT"]))
 
-    _bwd_dkdv_kernel[grid_kv](
-        q, k, v, do, lse, delta, dk, dv, starts, ends,
+    args = (
+        q, k, v, out, do, lse, delta, dq, lengths,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *do.stride()[:3],
+        *dq.stride()[:3],
+        heads, seq_len, _l_key(seq_len), qk_scale, scale,
+    )  # fmt: skip
+    _launch(_bwd_dq_kernel, grid_q, args, {"CAUSAL": causal, **common}, seq_len, q, lengths)
+
+    def grid_kv(meta):
+        return (batch * kv_heads, _tiles(seq_len, meta["BLOCK_N"], common["LEFT"]))
+
+    args = (
+        q, k, v, do, lse, delta, dk, dv, lengths,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
         *dk.stride()[:3], *dv.stride()[:3],
         heads, kv_heads, seq_len, _l_key(seq_len), qk_scale, scale,
-        CAUSAL=causal, **common,
     )  # fmt: skip
-
-    def grid_q(meta):
-        return (triton.cdiv(seq_len, meta["BLOCK_M"]), batch * heads)
-
-    _bwd_dq_kernel[grid_q](
-        q, k, v, do, lse, delta, dq, starts, ends,
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
-        heads, seq_len, _l_key(seq_len), qk_scale, scale,
-        CAUSAL=causal, **common,
-    )  # fmt: skip
+    _launch(_bwd_dkdv_kernel, grid_kv, args, {"CAUSAL": causal, **common}, seq_len, q, lengths)
     return dq, dk, dv
 
 

@@ -36,6 +36,10 @@ CASES = [
     ("g7-right-full-L50-D40", 3, 7, 1, 50, 40, False, "right", [1, 50, 17]),
     ("g1-nopad-causal-L64-D64", 2, 2, 2, 64, 64, True, "right", None),
     ("g2-left-causal-L1-D32", 2, 2, 1, 1, 32, True, "left", [1, 0]),
+    # Left-padded rows whose tiles start mid-block (31, 33), a whole number of blocks (64, 16),
+    # and empty: the kernels' tiles follow each row's start, an extra tile zero-fills the rest.
+    ("g2-left-causal-L64-D32", 4, 4, 2, 64, 32, True, "left", [64, 33, 0, 31]),
+    ("g2-left-full-L45-D16", 3, 2, 1, 45, 16, False, "left", [16, 7, 45]),
 ]
 CUDA_CASES = [
     ("g1-right-causal-L200-D32", 4, 2, 2, 200, 32, True, "right", [200, 0, 1, 77]),
@@ -136,6 +140,28 @@ def test_triton_interpreter(case, dtype, monkeypatch):
     check_case(case, dtype, "cpu", "triton", monkeypatch)
 
 
+@needs_triton
+def test_later_calls_skip_the_autotuner(monkeypatch):
+    """After a kernel's first call for an autotuning key, it is launched with the config the
+    autotuner chose, directly; results stay right (new lengths, same key)."""
+    if not ta.INTERPRET:
+        pytest.skip("Triton on CPU needs TRITON_INTERPRET=1")
+    monkeypatch.setattr(ta, "_BEST", {})
+    case = CASES[1]
+    check_case(case, torch.float32, "cpu", "triton")
+    assert sorted(key[0] for key in ta._BEST) == [
+        "_bwd_dkdv_kernel",
+        "_bwd_dq_kernel",
+        "_fwd_kernel",
+    ]
+
+    def entered(*args, **kwargs):
+        raise AssertionError("the autotuner ran again")
+
+    monkeypatch.setattr(type(ta._fwd_kernel), "run", entered)
+    check_case((*case[:-1], [17, 50, 0]), torch.float32, "cpu", "triton", seed=1)
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_torch_reference(case):
     check_case(case, torch.float32, "cpu", "torch")
@@ -159,6 +185,23 @@ def test_strided_inputs_and_scale():
         scale=0.3, backend="torch",
     )  # fmt: skip
     assert (got - want).abs().max() < 1e-5
+
+
+def test_kernel_lengths_need_no_copy():
+    """The Triton path hands the lengths to the kernels as they are (they compute each row's
+    range themselves); only an unusual dtype or layout is converted."""
+    from coea_kernels.attention import _kernel_lengths
+
+    for dtype in (torch.int32, torch.int64):
+        lengths = torch.tensor([3, 0, 7], dtype=dtype)
+        assert _kernel_lengths(lengths, 3, lengths.device) is lengths
+    assert _kernel_lengths(None, 3, torch.device("cpu")) is None
+    broadcast = _kernel_lengths(torch.tensor([5]).expand(3), 3, torch.device("cpu"))
+    assert broadcast.stride() == (1,) and broadcast.tolist() == [5, 5, 5]
+    small = _kernel_lengths(torch.tensor([1, 2], dtype=torch.int16), 2, torch.device("cpu"))
+    assert small.dtype == torch.int32 and small.tolist() == [1, 2]
+    with pytest.raises(ValueError, match="shape"):
+        _kernel_lengths(torch.tensor([1, 2]), 3, torch.device("cpu"))
 
 
 def test_argument_errors(monkeypatch):
@@ -185,31 +228,43 @@ def test_argument_errors(monkeypatch):
 
 
 @needs_triton
-def test_autotune_configs():
-    """One config under the interpreter; on GPU a set per dtype, pruned to the length."""
+def test_autotune_configs(monkeypatch):
+    """One config under the interpreter; on GPU a table per dtype and head dim, pruned to the
+    length; COEA_ATTN_PIN=1 keeps the first config that fits."""
     kernels = {"fwd": (ta._fwd_kernel, ta._FWD), "dkdv": (ta._bwd_dkdv_kernel, ta._DKDV),
                "dq": (ta._bwd_dq_kernel, ta._DQ)}  # fmt: skip
     for kind, (kernel, table) in kernels.items():
+        every = {row for rows in table.values() for row in rows}
         if ta.INTERPRET:
             assert [ta._row(c) for c in kernel.configs] == [ta._INTERPRET[kind]]
         else:
-            assert len(kernel.configs) == len(set(table["16bit"] + table["fp32"]))
+            assert len(kernel.configs) == len(every)
+        assert ta.table_rows(table, torch.float32, 32) == table["fp32"]
+        assert ta.table_rows(table, torch.bfloat16, 32) == table["d32"]
+        assert ta.table_rows(table, torch.float16, 64) == table["d64"]
+        assert ta.table_rows(table, torch.float16, 128) == table["16bit"]
+    every = list(dict.fromkeys(row for rows in ta._FWD.values() for row in rows))
     configs = [
         triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-        for m, n, w, s in ta._FWD["16bit"] + ta._FWD["fp32"]
+        for m, n, w, s in every
     ]  # fmt: skip
     prune = ta._pruner(ta._FWD)["early_config_prune"]
     half, single = torch.empty(1, dtype=torch.float16), torch.empty(1)
-    long = prune(configs, {"L_KEY": 4096, "Q": half})
-    assert [ta._row(c) for c in long] == ta._FWD["16bit"]
-    assert [ta._row(c) for c in prune(configs, {"L_KEY": 4096, "Q": single})] == ta._FWD["fp32"]
-    short = prune(configs, {"L_KEY": 64, "Q": half})
-    assert 0 < len(short) < len(long)
+    for block_d, name in ((32, "d32"), (64, "d64"), (128, "16bit")):
+        long = prune(configs, {"L_KEY": 4096, "Q": half}, BLOCK_D=block_d)
+        assert [ta._row(c) for c in long] == ta._FWD[name]
+    fp32 = prune(configs, {"L_KEY": 4096, "Q": single}, BLOCK_D=64)
+    assert [ta._row(c) for c in fp32] == ta._FWD["fp32"]
+    short = prune(configs, {"L_KEY": 64, "Q": half}, BLOCK_D=128)
+    assert 0 < len(short) < len(ta._FWD["16bit"])
     assert all(c.kwargs["BLOCK_M"] <= 64 and c.kwargs["BLOCK_N"] <= 64 for c in short)
-    (tiny,) = prune(configs, {"L_KEY": 16, "Q": half})  # nothing fits: the smallest tile
+    (tiny,) = prune(configs, {"L_KEY": 16, "Q": half}, BLOCK_D=128)  # nothing fits: smallest
     assert tiny.kwargs["BLOCK_M"] * tiny.kwargs["BLOCK_N"] == min(
         m * n for m, n, _, _ in ta._FWD["16bit"]
     )
+    monkeypatch.setattr(ta, "PIN", True)
+    (pinned,) = prune(configs, {"L_KEY": 4096, "Q": half}, BLOCK_D=32)
+    assert ta._row(pinned) == ta._FWD["d32"][0]
     assert ta._l_key(200) == 256 and ta._l_key(3) == 16
 
 
@@ -244,9 +299,11 @@ def test_compiles_for_hopper():
     code = (
         "import sys, torch; sys.path.insert(0, 'bench'); import attention as b;"
         "from coea_kernels import triton_attention as ta;"
-        "rows = list(b.compile_check([torch.float16, torch.float32], [48], [True], limit=1));"
+        "dt = [torch.float16, torch.float32];"
+        "rows = list(b.compile_check(dt, [32], [True], limit=1, paddings=['left']));"
+        "rows += list(b.compile_check(dt, [48], [True], limit=1, paddings=[None]));"
         "assert rows and all(r['shared_bytes'] > 0 for r in rows), rows;"
-        "assert all(r['wgmma'] for r in rows if r['dtype'] == 'fp16' and r['causal'] is not None), rows;"
+        "assert all(r['wgmma'] for r in rows if r['dtype'] == 'fp16'), rows;"
         "print(len(rows))"
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -254,7 +311,8 @@ def test_compiles_for_hopper():
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert int(done.stdout.split()[-1]) == 2 * 4  # 2 dtypes x (3 kernels + preprocess)
+    # 2 dtypes x 3 kernels, left padding at D=32 and no lengths at D=48
+    assert int(done.stdout.split()[-1]) == 2 * 2 * 3
 
 
 @needs_triton

@@ -1,19 +1,23 @@
-"""The "coea_triton" transformers attention implementation against "eager"."""
+"""The "coea_triton" transformers attention implementation against "eager" and SDPA.
+
+The Qwen2 logits check also runs on CUDA (selected by -m cuda; skipped without a GPU)."""
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-import coea_kernels.hf as hf
-from coea_kernels.attention import has_triton
+transformers = pytest.importorskip("transformers")  # before anything imports transformers
+from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config  # noqa: E402
+from transformers.masking_utils import sdpa_mask  # noqa: E402
+
+import coea_kernels.hf as hf  # noqa: E402
+from coea_kernels.attention import has_triton  # noqa: E402
 
 if has_triton():
     from coea_kernels import triton_attention as ta
-
-transformers = pytest.importorskip("transformers")
-from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config  # noqa: E402
-from transformers.masking_utils import sdpa_mask  # noqa: E402
 
 ATOL = 1e-4  # fp32 logits
 SEQ_LEN = 13
@@ -30,6 +34,9 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=pytest.mark.cuda)]
+
+
 def _qwen2_config(**extra):
     return Qwen2Config(
         hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -37,7 +44,7 @@ def _qwen2_config(**extra):
     )  # fmt: skip
 
 
-def _pair(config, backend=None):
+def _pair(config, backend=None, device=None):
     """The same random weights under "eager" and under "coea_triton"."""
     torch.manual_seed(0)
     # Each model gets its own config: the attention implementation is stored on it.
@@ -46,16 +53,18 @@ def _pair(config, backend=None):
     assert eager.config._attn_implementation == "eager"
     ours.load_state_dict(eager.state_dict())
     ours.config.coea_attention_backend = backend or _backend()
-    return eager.to(_device()).eval(), ours.to(_device()).eval()
+    device = device or _device()
+    return eager.to(device).eval(), ours.to(device).eval()
 
 
-def _batch(padding, seed=1):
+def _batch(padding, seed=1, device=None):
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, 128, (len(LENGTHS), SEQ_LEN), generator=gen)
     pos = torch.arange(SEQ_LEN)
     n = torch.tensor(LENGTHS)[:, None]
     mask = pos[None] < n if padding == "right" else pos[None] >= SEQ_LEN - n
-    return ids.to(_device()), mask.long().to(_device())
+    device = device or _device()
+    return ids.to(device), mask.long().to(device)
 
 
 def _count_kernel_calls(monkeypatch):
@@ -70,10 +79,11 @@ def _count_kernel_calls(monkeypatch):
     return calls
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("padding", ["left", "right"])
-def test_qwen2_logits_match_eager(padding, monkeypatch):
-    eager, ours = _pair(_qwen2_config())
-    ids, mask = _batch(padding)
+def test_qwen2_logits_match_eager(padding, device, monkeypatch):
+    eager, ours = _pair(_qwen2_config(), device=device)
+    ids, mask = _batch(padding, device=device)
     calls = _count_kernel_calls(monkeypatch)
     with torch.no_grad():
         want = eager(input_ids=ids, attention_mask=mask).logits
@@ -145,3 +155,72 @@ def test_register_is_idempotent():
     hf.register()
     assert AttentionInterface._global_mapping[hf.NAME] is hf.coea_attention_forward
     assert AttentionMaskInterface._global_mapping[hf.NAME] is sdpa_mask
+
+
+def _module(causal=True):
+    module = torch.nn.Module().eval()
+    module.is_causal = causal
+    module.config = SimpleNamespace(coea_attention_backend=_backend())
+    return module
+
+
+def _qkv(batch, q_len, k_len, seed=4):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, 4, q_len, 16, generator=gen)
+    k = torch.randn(batch, 2, k_len, 16, generator=gen)
+    v = torch.randn(batch, 2, k_len, 16, generator=gen)
+    return q, k, v
+
+
+def _sdpa(q, k, v, mask):
+    """SDPA with a mask broadcastable to [B, H, Lq, Lk] (fully masked rows give NaN)."""
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.25, enable_gqa=True)
+    return out.transpose(1, 2)
+
+
+@pytest.mark.parametrize("padding", ["left", "right"])
+def test_2d_padding_mask_matches_sdpa(padding, monkeypatch):
+    """A [B, L] 0/1 padding mask means causal attention over the valid keys of each row; it
+    reaches the kernel with lengths (not broadcast as a [Lq, Lk] mask)."""
+    seq_len, lengths = 11, torch.tensor([11, 5, 0])
+    pos = torch.arange(seq_len)
+    keys = (
+        pos[None] < lengths[:, None] if padding == "right" else pos[None] >= 11 - lengths[:, None]
+    )
+    q, k, v = _qkv(3, seq_len, seq_len)
+    calls = _count_kernel_calls(monkeypatch)
+    got, _ = hf.coea_attention_forward(_module(), q, k, v, keys.long(), scaling=0.25)
+    assert calls == [padding]
+    causal = pos[None, :] <= pos[:, None]
+    want = _sdpa(q, k, v, keys[:, None, None, :] & causal)
+    assert torch.isfinite(got).all()
+    assert (got[~keys] == 0).all()  # padded queries (and the empty row) output 0
+    assert (got - want)[keys].abs().max() < 1e-5
+    # Decoding with a KV cache: one query sees every valid key; the reference path.
+    q1 = q[:, :, -1:]
+    got, _ = hf.coea_attention_forward(_module(), q1, k, v, keys.long(), scaling=0.25)
+    want = _sdpa(q1, k, v, keys[:, None, None, :])
+    assert calls == [padding]
+    rows = keys.any(dim=1)
+    assert (got - want)[rows].abs().max() < 1e-5 and (got[~rows] == 0).all()
+    # A float 2-D mask is added to the scores.
+    bias = torch.randn(3, seq_len, generator=torch.Generator().manual_seed(5))
+    got, _ = hf.coea_attention_forward(_module(causal=False), q, k, v, bias, scaling=0.25)
+    assert (got - _sdpa(q, k, v, bias[:, None, None, :])).abs().max() < 1e-5
+
+
+def test_batch_broadcast_mask_falls_back_to_sdpa(monkeypatch):
+    """A [1, 1, L, L] mask shared by the batch runs the reference path with that mask."""
+    seq_len = 9
+    q, k, v = _qkv(3, seq_len, seq_len)
+    pos = torch.arange(seq_len)
+    calls = _count_kernel_calls(monkeypatch)
+    for mask in (
+        (pos[None, :] <= pos[:, None])[None, None],  # plain causal, shared
+        (pos[None, :] <= pos[:, None])[None, None] & (pos >= 2),  # left padding, shared
+    ):
+        got, _ = hf.coea_attention_forward(_module(), q, k, v, mask, scaling=0.25)
+        want = _sdpa(q, k, v, mask)
+        rows = mask[0, 0].any(dim=-1)
+        assert (got - want)[:, rows].abs().max() < 1e-5 and (got[:, ~rows] == 0).all()
+    assert calls == []
