@@ -2,7 +2,7 @@
 
     python bench/dsie.py --work /tmp/ml                 # CPU training throughput
     python bench/dsie.py --work /tmp/ml --gpu           # + epoch time, Triton vs SDPA (CUDA)
-    python bench/dsie.py --work /tmp/ml --quality --seeds 0,1,2 --jobs 3
+    python bench/dsie.py --work /tmp/ml --quality --seeds 0,1,2,3,4 --jobs 2 --quality-only
                                                         # + leave-one-out comparison table
     python bench/dsie.py ... --json PATH                # also write the results as JSON
 
@@ -12,10 +12,10 @@ user), targets/s = predicted next items per second; CPU seconds of the process a
 beside wall seconds because a shared machine slows the wall clock.
 GPU: the same model with backend="triton" and backend="torch" (SDPA with a padding mask) for
 the long-term branch, bf16 autocast, one warm-up epoch, then the median of 3 epochs each.
-Quality: runs `coea train-dsie --protocol loo --compare` (popularity, short-only, long-only
-without group, DSIE --no-group, DSIE) for each of --seeds (model initialisation and batch
-order; `--jobs` of them at once) and prints the mean and standard deviation over seeds,
-protocol first.
+Quality: runs `coea train-dsie --protocol loo` for each of --seeds (model initialisation and
+batch order) and each of --models (full DSIE, short-only, long-only without group, DSIE
+--no-group; `--jobs` runs at once) and prints popularity and the mean and standard deviation
+over seeds, protocol first, then DSIE minus short-only and minus --no-group paired over seeds.
 """
 
 from __future__ import annotations
@@ -112,35 +112,49 @@ def gpu_epochs(work: Path, repeats: int = 3) -> dict:
     return out
 
 
-def quality(work: Path, extra: list[str], seeds: list[int], jobs: int) -> dict:
-    """`train-dsie --protocol loo --compare` once per seed (into dsie-loo-s<seed>/), `jobs`
+MODELS = {  # --models: name -> (row label, train-dsie options over the defaults)
+    "full": ("DSIE (these options)", []),
+    "short": ("short-only (SASRec, last short-len items)", ["--branches", "short", "--no-group"]),
+    "long": ("long-only, no group (SASRec, last long-len items)",
+             ["--branches", "long", "--no-group"]),
+    "nogroup": ("DSIE --no-group", ["--no-group"]),
+}  # fmt: skip
+
+
+def quality(work: Path, extra: list[str], seeds: list[int], jobs: int, models: list[str]) -> dict:
+    """`train-dsie --protocol loo` once per (seed, model) (into dsie-loo-MODEL-s<seed>/), `jobs`
     at a time (one thread each when jobs > 1); the table shows the mean and standard deviation
     over seeds, the protocol first."""
     procs, reports = [], {}
     env = dict(os.environ, OMP_NUM_THREADS="1") if jobs > 1 else None
     t0 = time.perf_counter()
-    for seed in seeds:
+    runs = [(seed, m) for seed in seeds for m in models]
+    for seed, m in runs:
         cmd = [sys.executable, "-m", "coea_cli", "train-dsie", "--work", str(work)]
-        cmd += ["--protocol", "loo", "--compare", "--seed", str(seed), "--out", f"dsie-loo-s{seed}"]
-        procs.append(subprocess.Popen([*cmd, "--json", *extra], stdout=subprocess.DEVNULL, env=env))
+        cmd += ["--protocol", "loo", "--seed", str(seed), "--out", f"dsie-loo-{m}-s{seed}"]
+        cmd += [*MODELS[m][1], "--json", *extra]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env))
         if len(procs) >= jobs:
             _wait(procs.pop(0))
     for p in procs:
         _wait(p)
     seconds = time.perf_counter() - t0
-    for seed in seeds:
-        reports[seed] = json.loads((work / f"dsie-loo-s{seed}" / "report.json").read_text())
-    protocol = reports[seeds[0]]["protocol"]
-    print(f"Protocol: {protocol}")
+    for seed, m in runs:
+        reports[seed, m] = json.loads((work / f"dsie-loo-{m}-s{seed}" / "report.json").read_text())
+    first = reports[runs[0]]
+    print(f"Protocol: {first['protocol']}")
     print(f"Seeds: {seeds}; mean +- standard deviation over seeds (test = last item per user)")
     print(f"{'model':52s} {'HR@10':>16s} {'NDCG@10':>16s} {'epochs':>7s} {'train s':>8s}")
-    rows = {}
-    for name in reports[seeds[0]]["compare"]:
-        per = [reports[s]["compare"][name] for s in seeds]
-        hr = np.array([r["test"]["hr@10"] for r in per])
-        nd = np.array([r["test"]["ndcg@10"] for r in per])
-        ep = np.mean([r.get("epochs", 0) for r in per])
-        secs = np.mean([r.get("train_seconds", 0) for r in per])
+    pop = first["popularity"]["test"]
+    rows = {"popularity": {"hr@10_mean": pop["hr@10"], "ndcg@10_mean": pop["ndcg@10"]}}
+    print(f"{'popularity':52s} {pop['hr@10']:7.4f}{'':9s} {pop['ndcg@10']:7.4f}")
+    for m in models:
+        name = MODELS[m][0]
+        per = [reports[s, m]["summary"] for s in seeds]
+        hr = np.array([r["hr@10"] for r in per])
+        nd = np.array([r["ndcg@10"] for r in per])
+        ep = np.mean([r["epochs"] for r in per])
+        secs = np.mean([r["train_seconds"] for r in per])
         rows[name] = {
             "hr@10": hr.tolist(),
             "ndcg@10": nd.tolist(),
@@ -157,9 +171,8 @@ def quality(work: Path, extra: list[str], seeds: list[int], jobs: int) -> dict:
             f"{r['ndcg@10_mean']:7.4f} +- {r['ndcg@10_sd']:.4f} {ep:7.1f} {secs:8.1f}"
         )
     paired = {}
-    for label, other in (("short-only", "short-only (SASRec, last short-len items)"),
-                         ("no-group", "DSIE --no-group")):  # fmt: skip
-        d = paired_difference(rows, "DSIE (these options)", other)
+    for label, m in (("short-only", "short"), ("no-group", "nogroup")):
+        d = paired_difference(rows, MODELS["full"][0], MODELS[m][0])
         if d:
             paired[f"dsie_minus_{label}"] = d
             print(
@@ -167,7 +180,7 @@ def quality(work: Path, extra: list[str], seeds: list[int], jobs: int) -> dict:
                 f"(95% t interval {d['ci95'][0]:+.4f} to {d['ci95'][1]:+.4f}, {d['seeds']} seeds)"
             )
     return {
-        "protocol": protocol,
+        "protocol": first["protocol"],
         "seeds": seeds,
         "rows": rows,
         "paired": paired,
@@ -203,11 +216,24 @@ def main() -> None:
     ap.add_argument("--quality", action="store_true", help="also run the leave-one-out comparison")
     ap.add_argument("--train-args", default="", help="extra train-dsie options for --quality")
     ap.add_argument("--seeds", default="0", help="comma-separated seeds for --quality")
-    ap.add_argument("--jobs", type=int, default=1, help="seeds trained at once for --quality")
+    ap.add_argument("--jobs", type=int, default=1, help="models trained at once for --quality")
+    ap.add_argument(
+        "--models",
+        default="full,short,long,nogroup",
+        help=f"comma-separated, of {', '.join(MODELS)}, for --quality",
+    )
+    ap.add_argument("--quality-only", action="store_true", help="skip the throughput epoch")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    results = {"cpu": cpu_throughput(args.work, args.threads)}
-    print("CPU training throughput:", json.dumps(results["cpu"]))
+    models = args.models.split(",")
+    if unknown := set(models) - set(MODELS):
+        ap.error(
+            f"--models: unknown {', '.join(sorted(unknown))} (choose from {', '.join(MODELS)})"
+        )
+    results = {}
+    if not args.quality_only:
+        results["cpu"] = cpu_throughput(args.work, args.threads)
+        print("CPU training throughput:", json.dumps(results["cpu"]))
     if args.gpu:
         if torch.cuda.is_available():
             results["gpu"] = gpu_epochs(args.work)
@@ -216,7 +242,7 @@ def main() -> None:
             print("GPU epochs: skipped (no CUDA device)")
     if args.quality:
         seeds = [int(x) for x in args.seeds.split(",")]
-        results["quality"] = quality(args.work, args.train_args.split(), seeds, args.jobs)
+        results["quality"] = quality(args.work, args.train_args.split(), seeds, args.jobs, models)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
 

@@ -11,11 +11,15 @@ step prepare --dataset ml-100k
 step tokenize-items
 step build-sids
 step profile-groups
-step train-dsie
-# DSIE as of the period before the test: recommend chooses its ranking weights there
 test_period=$(python3 -c "import json; print(json.load(open('$WORK/data/dataset.json'))['test_period'])")
-step train-dsie --cutoff $((test_period - 1))
-step pco-round --rounds 5                       # round 0 on period 0, then rounds 1-4
+# pco-round reads no DSIE, so the two DSIE trainings run beside the PCO rounds (one CPU
+# thread each): DSIE as of the test period, then as of the period before it, where
+# recommend chooses its ranking weights.
+trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
+( step train-dsie && step train-dsie --cutoff $((test_period - 1)) ) &
+dsie=$!
+step pco-round --rounds "$test_period"          # round 0 on period 0, then rounds 1-4
+wait "$dsie"
 step recommend
 "$COEA" evaluate --work "$WORK"                 # prints the report table
 
