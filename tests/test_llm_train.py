@@ -3,6 +3,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from coea_cli.llm.backbone import add_lora, load_backbone
 from coea_cli.llm.decoding import cluster_logprobs, relevance_scores
@@ -272,8 +274,44 @@ def test_unlikelihood_pushes_verified_negatives_down(base):
     target = torch.tensor([c[0] for _, c in ex])
     t_before = cluster_logprobs(model, tok, prompts, VALID).exp()[torch.arange(8), target]
     m = train_novelty(model, tok, ex, negatives=negs, neg_weight=2.0, valid_clusters=VALID,
-                      objective="sft_kl", kl_weight=0.1, epochs=10, lr=1e-2, batch_size=4)  # fmt: skip
+                      objective="sft_kl", kl_weight=0.1, epochs=20, lr=3e-3, batch_size=4)  # fmt: skip
     lp = cluster_logprobs(model, tok, prompts, VALID).exp()
     assert lp[torch.arange(8), cols].mean() < 0.5 * p_before.mean()
     assert lp[torch.arange(8), target].mean() > 1.5 * t_before.mean()  # still learned
     assert m["negatives"] == 8 and m["neg_weight"] == 2.0 and "kl" in m
+
+
+@given(
+    st.lists(st.integers(1, 200), min_size=1, max_size=300),
+    st.integers(1, 17),
+    st.integers(0, 2**31 - 1),
+)
+@settings(max_examples=60, deadline=None)
+def test_batches_cover_every_example_once_with_little_padding(lengths, size, seed):
+    from coea_cli.llm.decoding import length_batches
+    from coea_cli.llm.train import _batches
+
+    batches = _batches(lengths, size, torch.Generator().manual_seed(seed), pool=4)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert all(1 <= len(b) <= size for b in batches)
+    assert batches == _batches(lengths, size, torch.Generator().manual_seed(seed), pool=4)
+    # each pool of 4 batches is sorted by length: its batches do not overlap in length
+    inference = length_batches([[0] * n for n in lengths], size)
+    assert sorted(i for b in inference for i in b) == list(range(len(lengths)))
+    flat = [lengths[i] for b in inference for i in b]
+    assert flat == sorted(lengths, reverse=True)
+
+
+def test_length_grouping_pads_less_than_random_batches():
+    from coea_cli.llm.train import _batches
+
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(30, 140, (2000,), generator=g).tolist()
+
+    def padded(batches):
+        return sum(max(lengths[i] for i in b) * len(b) for b in batches) / sum(lengths)
+
+    order = torch.randperm(2000, generator=g).tolist()
+    random = [order[i : i + 16] for i in range(0, 2000, 16)]
+    grouped = _batches(lengths, 16, torch.Generator().manual_seed(1))
+    assert padded(grouped) < 1.05 < 1.3 < padded(random)

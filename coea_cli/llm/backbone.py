@@ -167,7 +167,7 @@ def add_lora(
     *,
     r: int = 16,
     alpha: int = 32,
-    dropout: float = 0.05,
+    dropout: float = 0.0,
     new_token_ids=None,
     gradient_checkpointing: bool = False,
 ):
@@ -175,7 +175,9 @@ def add_lora(
 
     A quantized model is first prepared for k-bit training. When ``new_token_ids`` is given,
     those embedding rows (and the output-head rows of an untied head) are trained through peft's
-    ``trainable_token_indices``; every other base weight stays frozen.
+    ``trainable_token_indices``; every other base weight stays frozen. ``dropout`` is 0: a
+    round trains one epoch on a few hundred examples, and on CPU the dropout masks cost about
+    a sixth of a step.
     """
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 

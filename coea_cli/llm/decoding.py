@@ -136,6 +136,12 @@ def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device):
     return ids.to(device), mask.to(device), pos.to(device)
 
 
+def length_batches(seqs: Sequence[Sequence[int]], size: int) -> list[list[int]]:
+    """Indices of ``seqs`` in batches of ``size``, longest first, so each batch pads little."""
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+    return [order[s : s + size] for s in range(0, len(order), size)]
+
+
 def forward_tail(model, seqs: Sequence[Sequence[int]], keep: int, pad_id: int):
     """Logits at the last ``keep`` positions of each sequence: float32 ``[B, keep, V]``."""
     ids, mask, pos = left_pad(seqs, pad_id, model_device(model))
@@ -239,8 +245,8 @@ def sample_clusters(
     per_call = max(1, max_batch // n)
     try:
         with _EvalMode(model), _progress(label, len(todo)) as advance:
-            for start in range(0, len(todo), per_call):
-                chunk = todo[start : start + per_call]
+            for batch in length_batches([ids[i] for i in todo], per_call):
+                chunk = [todo[b] for b in batch]
                 advance(len(chunk))
                 input_ids, mask, _ = left_pad([ids[i] for i in chunk], pad, model_device(model))
                 rows = [tries[i] for i in chunk for _ in range(n)]
@@ -344,15 +350,15 @@ def cluster_logprobs(
     table = ClusterTable(trie)
     ids = encode_prompts(tokenizer, prompts)
     per_call = max(1, batch_size // len(table.prefixes))
-    rows = []
+    out = torch.zeros(len(ids), len(trie))
     with _EvalMode(model), _progress(label, len(ids)) as advance:
-        for s in range(0, len(ids), per_call):
+        for batch in length_batches(ids, per_call):
             lp = table_logprobs(
-                model, ids[s : s + per_call], table, _pad_id(tokenizer), constrained
+                model, [ids[i] for i in batch], table, _pad_id(tokenizer), constrained
             )
-            rows.append(lp.cpu())
-            advance(len(ids[s : s + per_call]))
-    return torch.cat(rows) if rows else torch.zeros(0, len(trie))
+            out[batch] = lp.float().cpu()
+            advance(len(batch))
+    return out
 
 
 def relevance_logits(model, prompt_ids, yes_no: tuple[int, int], pad_id: int):
@@ -373,13 +379,13 @@ def relevance_scores(
 
     yes_no = answer_token_ids(tokenizer)
     ids = encode_prompts(tokenizer, prompts)
-    out = []
+    out = torch.zeros(len(ids))
     with _EvalMode(model), _progress(label, len(ids)) as advance:
-        for s in range(0, len(ids), batch_size):
-            pair = relevance_logits(model, ids[s : s + batch_size], yes_no, _pad_id(tokenizer))
-            out.append(torch.softmax(pair, -1)[:, 0].cpu())
-            advance(len(pair))
-    return torch.cat(out) if out else torch.zeros(0)
+        for batch in length_batches(ids, batch_size):
+            pair = relevance_logits(model, [ids[i] for i in batch], yes_no, _pad_id(tokenizer))
+            out[batch] = torch.softmax(pair, -1)[:, 0].float().cpu()
+            advance(len(batch))
+    return out
 
 
 def _progress(label: str | None, total: int):

@@ -40,13 +40,23 @@ def _optimizer(model, lr: float):
     return params, torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
 
 
-def _batches(n: int, batch_size: int, gen) -> list[list[int]]:
-    order = torch.randperm(n, generator=gen).tolist()
-    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+def _batches(lengths: Sequence[int], batch_size: int, gen, pool: int = 32) -> list[list[int]]:
+    """Shuffled batches of similar length: a random order is cut into pools of ``pool``
+    batches, each pool sorted by length and cut into batches, and the batches shuffled (as
+    transformers' group_by_length), so a batch pads little and the order stays random."""
+    order = torch.randperm(len(lengths), generator=gen).tolist()
+    size = batch_size * pool
+    batches = []
+    for s in range(0, len(order), size):
+        chunk = sorted(order[s : s + size], key=lambda i: lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
 
 
-def _loop(model, n, *, epochs, lr, batch_size, max_grad_norm, seed, progress, step_fn):
-    """Shared loop: ``step_fn(indices) -> (loss, stats)``; returns per-epoch means."""
+def _loop(model, lengths, *, epochs, lr, batch_size, max_grad_norm, seed, progress, step_fn):
+    """Shared loop over examples of token ``lengths``: ``step_fn(indices) -> (loss, stats)``;
+    returns per-epoch means."""
+    n = len(lengths)
     if n == 0:
         raise ValueError("no training examples")
     torch.manual_seed(seed)
@@ -60,7 +70,7 @@ def _loop(model, n, *, epochs, lr, batch_size, max_grad_norm, seed, progress, st
         for _ in range(epochs):
             sums: dict[str, float] = {}
             count = 0
-            for idx in _batches(n, batch_size, gen):
+            for idx in _batches(lengths, batch_size, gen):
                 loss, stats = step_fn(idx)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -214,7 +224,7 @@ def train_novelty(
             loss, stats["kl"] = loss + kl_weight * kl, float(kl.detach())
         return loss, stats
 
-    steps, first, history = _loop(model, len(prompts), step_fn=step, **loop)
+    steps, first, history = _loop(model, [len(p) for p in prompt_ids], step_fn=step, **loop)
     out = _summary(objective, n_pos, steps, first, history, t0)
     out["negatives"] = len(negatives)
     if objective == "sft_kl":
@@ -264,7 +274,7 @@ def _train_dpo(model, tokenizer, pairs, table, ref_model, beta, t0, loop) -> dic
         acc = ((pc - rc) > (pr - rr)).float().mean()
         return loss, {"dpo_accuracy": float(acc)}
 
-    steps, first, history = _loop(model, len(pairs), step_fn=step, **loop)
+    steps, first, history = _loop(model, [len(p) for p in prompt_ids], step_fn=step, **loop)
     out = _summary("dpo", len(pairs), steps, first, history, t0)
     out["beta"] = beta
     return out
@@ -302,7 +312,7 @@ def train_relevance(
 
     steps, first, history = _loop(
         model,
-        len(examples),
+        [len(p) for p in prompt_ids],
         epochs=epochs,
         lr=lr,
         batch_size=batch_size,
