@@ -130,6 +130,31 @@ def test_adapter_round_trip(tmp_path, tied):
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".adapter")]
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_inference_load_merges_the_adapter(tmp_path, tied):
+    """load_model(trainable=False) merges LoRA and the trained token rows into the base: a
+    plain model (no LoRA layers) whose logits equal the adapter model's."""
+    from coea_cli.llm.models import LLMSpec, load_model
+
+    base = save_base(tmp_path / "b", tied=tied)
+    spec = LLMSpec(base, "none", "sdpa", 8, 32, "cpu", 5, tuple(SID))
+    peft, tok = load_model(spec, None, True)
+    train_novelty(peft, tok, _examples(), epochs=2, batch_size=4, lr=1e-2)
+    peft.eval()
+    out = save_adapter(peft, tmp_path / "adapter", tok)
+    merged, tok2 = load_model(spec, out, False)
+    unmerged, _ = load_model(spec, out, True)
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    x = torch.tensor([tok2.encode(_examples()[5][0] + "<a_4><b_3>")])
+    unmerged.eval()
+    with torch.no_grad():
+        want, got = unmerged(input_ids=x).logits, merged(input_ids=x).logits
+        with unmerged.disable_adapter():
+            plain = unmerged(input_ids=x).logits
+    assert torch.allclose(got, want, atol=1e-4)
+    assert (plain - want).abs().max() > 1e-2  # the adapter changes the logits
+
+
 def _lora_4bit(path, *, fix):
     """A 4-bit model with LoRA (nonzero B, so every LoRA matrix gets a gradient) and an input."""
     model, tok = load_backbone(path, quant="4bit", device="cpu")

@@ -25,8 +25,9 @@ class LLMSpec:
 
 def load_model(spec: LLMSpec, adapter: Path | None, trainable: bool):
     """Base model plus a saved adapter, or a fresh LoRA adapter (SID tokens added, their rows
-    trained) when `adapter` is None. Returns (model, tokenizer)."""
-    from coea_cli.llm.backbone import add_lora, load_adapter, load_backbone
+    trained) when `adapter` is None. Returns (model, tokenizer). A saved adapter loaded only
+    to infer is merged into an unquantized base: one matrix product per projection."""
+    from coea_cli.llm.backbone import add_lora, is_quantized, load_adapter, load_backbone
     from coea_cli.llm.vocab import add_sid_tokens
 
     if spec.attn == "coea_triton":
@@ -36,6 +37,8 @@ def load_model(spec: LLMSpec, adapter: Path | None, trainable: bool):
     )
     if adapter is not None:
         model, saved_tok = load_adapter(base, adapter, is_trainable=trainable)
+        if not trainable and not is_quantized(base):
+            model = model.merge_and_unload()
         return model, saved_tok or tokenizer
     new_ids = add_sid_tokens(base, tokenizer, list(spec.sid_tokens), seed=spec.seed)
     model = add_lora(base, r=spec.lora_r, alpha=spec.lora_alpha, new_token_ids=new_ids)
