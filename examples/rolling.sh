@@ -6,6 +6,7 @@ set -euo pipefail
 WORK=${WORK:-coea-work}
 COEA=${COEA:-coea}
 start=$(date +%s)
+export COEA_CPU_THREADS=${COEA_CPU_THREADS:-2}  # the steps run one at a time
 step() { echo "== coea $1 ($(( $(date +%s) - start )) s)" >&2; "$COEA" "$@" --work "$WORK" >/dev/null; }
 
 test_period=$(python3 -c "import json; print(json.load(open('$WORK/data/dataset.json'))['test_period'])")
