@@ -327,3 +327,45 @@ def test_tokenize_items_bad_input(tmp_path):
     store.write_parquet(path, items.set_column(0, "item_id", pa.array(ids.astype(np.int32))))
     r = coea("tokenize-items", "--work", work)
     _assert_nothing_written(r, work, "row 3: item_id is 99")
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "max"])
+def test_text_encoder_matches_sentence_transformers(tmp_path, pooling):
+    """The encoder runs the folder's sentence-transformers pipeline with transformers: the
+    vectors equal SentenceTransformer's on the bundled model and on the same weights with
+    CLS or max pooling."""
+    import json
+
+    from sentence_transformers import SentenceTransformer
+
+    from coea_cli.items.encoder import default_encoder_path, encode_texts, load_text_encoder
+
+    folder = tmp_path / "enc"
+    shutil.copytree(default_encoder_path(), folder)
+    cfg = json.loads((folder / "1_Pooling" / "config.json").read_text())
+    for key in ("pooling_mode_mean_tokens", "pooling_mode_cls_token", "pooling_mode_max_tokens"):
+        cfg[key] = key.split("_")[2] == pooling
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(cfg))
+    rng = np.random.default_rng(len(pooling))
+    words = ["film", "noir", "comedy", "1995", "Toy", "Story", "drama", "war", "the", "of"]
+    texts = [" ".join(rng.choice(words, rng.integers(1, 40))) for _ in range(12)]
+    texts.append("long " * 400)  # past the 256-token limit: truncated alike
+    ref = SentenceTransformer(str(folder), device="cpu").encode(texts, convert_to_numpy=True)
+    ref = ref / np.linalg.norm(ref, axis=1, keepdims=True)
+    got = encode_texts(load_text_encoder(str(folder), "cpu"), texts, batch_size=5, progress=False)
+    np.testing.assert_allclose(got, ref, atol=2e-5)
+
+
+def test_text_encoder_refuses_an_unsupported_pipeline(tmp_path):
+    import json
+
+    from coea_cli.items.encoder import default_encoder_path, load_text_encoder
+
+    folder = tmp_path / "enc"
+    shutil.copytree(default_encoder_path(), folder)
+    modules = json.loads((folder / "modules.json").read_text())
+    modules.insert(2, {"idx": 9, "name": "9", "path": "9_Dense",
+                       "type": "sentence_transformers.models.Dense"})  # fmt: skip
+    (folder / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(BadInput, match="Dense"):
+        load_text_encoder(str(folder), "cpu")

