@@ -36,8 +36,13 @@ format: $(STAMP)
 demo: $(STAMP)
 	WORK=$(WORK) COEA=$(COEA) bash examples/demo.sh
 
-rolling: demo
-	WORK=$(WORK) COEA=$(COEA) bash examples/rolling.sh
+# The rolling evaluation uses its own workspace with 7 periods (period 0 = 40% of the log, then
+# six of 10%): 506 (user, period) events on MovieLens-100K, against 433 with the demo's 6.
+ROLLING_WORK    ?= coea-rolling
+ROLLING_PERIODS ?= 0.4,0.1,0.1,0.1,0.1,0.1,0.1
+rolling: $(STAMP)
+	WORK=$(ROLLING_WORK) COEA=$(COEA) PERIODS=$(ROLLING_PERIODS) bash examples/demo.sh
+	WORK=$(ROLLING_WORK) COEA=$(COEA) bash examples/rolling.sh
 
 simulate: demo
 	WORK=$(WORK) COEA=$(COEA) bash examples/simulate.sh
@@ -46,4 +51,4 @@ bench: $(STAMP)
 	$(PY) bench/prepare.py
 
 clean:
-	rm -rf $(WORK) .pytest_cache .ruff_cache
+	rm -rf $(WORK) $(ROLLING_WORK) .pytest_cache .ruff_cache

@@ -9,7 +9,7 @@ step() { echo "== coea $1 ($(( $(date +%s) - start )) s)" >&2; "$COEA" "$@" --wo
 
 # Steps that run alone use both cores; the ones that run side by side one thread each.
 export COEA_CPU_THREADS=${COEA_CPU_THREADS:-2}
-step prepare --dataset ml-100k
+step prepare --dataset ml-100k ${PERIODS:+--periods "$PERIODS"}   # PERIODS: prepare --periods
 step tokenize-items
 step build-sids
 step profile-groups
