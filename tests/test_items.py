@@ -200,8 +200,13 @@ def test_items_missing_from_period_zero_are_folded_in_from_later_periods():
     np.testing.assert_array_equal(emb[~cold0], base[~cold0])  # period-0 items never change
     seen1 = np.unique(item[p == 1])
     late = np.intersect1d(np.arange(30, 40), seen1)
-    assert n == len(late) > 0 and not cold[late].any()
-    np.testing.assert_allclose(np.linalg.norm(emb[late], axis=1), 1, atol=1e-5)
+    never = np.setdiff1d(np.arange(30, 40), seen1)
+    # a late item is placed when it co-occurs above chance with a period-0 item; on a random
+    # log that is most of them (a single viewer who saw nothing else places nothing)
+    placed = late[~cold[late]]
+    assert n == (cold0 & ~cold).sum()  # items period 0 does not place, late ones above all
+    assert len(placed) >= max(1, len(late) // 2) and cold[never].all()
+    np.testing.assert_allclose(np.linalg.norm(emb[placed], axis=1), 1, atol=1e-5)
     # the periods from fold_before on are never read
     later = p >= 2
     item[later] = rng.integers(0, 40, later.sum())
