@@ -315,32 +315,3 @@ def test_length_grouping_pads_less_than_random_batches():
     random = [order[i : i + 16] for i in range(0, 2000, 16)]
     grouped = _batches(lengths, 16, torch.Generator().manual_seed(1))
     assert padded(grouped) < 1.05 < 1.3 < padded(random)
-
-
-def test_weighted_relevance_loss_hand_computed():
-    pair = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
-    y = torch.tensor([1.0, 1.0])
-    w = torch.tensor([3.0, 1.0])
-    # margins 2 and -1: losses log(1 + e^-2) and log(1 + e^1), weighted mean over 2 examples
-    want = (3 * math.log1p(math.exp(-2)) + math.log1p(math.exp(1))) / 2
-    assert relevance_loss(pair, y, w).item() == pytest.approx(want, rel=1e-6)
-    assert relevance_loss(pair, y).item() == pytest.approx(
-        (math.log1p(math.exp(-2)) + math.log1p(math.exp(1))) / 2, rel=1e-6
-    )
-
-
-def test_balanced_relevance_keeps_an_even_prior(base):
-    """Three prompts, each labelled Yes once in six: the best unbalanced P(Yes) is 1/6, the
-    best balanced one 1/2 (the prior of round 0's examples, one negative per positive)."""
-    prompts = [
-        relevance_prompt(f"group {i}", [(i,)], [(i + 3,)], (i + 5,), DESCRIBE) for i in range(3)
-    ]
-    ex = [(p, int(j == 0)) for p in prompts for j in range(6)]
-    means = {}
-    for balance in (False, True):
-        model, tok = _lora(base)
-        m = train_relevance(model, tok, ex, epochs=20, lr=3e-3, batch_size=6, balance=balance)
-        means[balance] = relevance_scores(model, tok, prompts)
-        assert m["balanced"] is balance and m["yes_share"] == pytest.approx(1 / 6)
-    assert torch.allclose(means[False], torch.full((3,), 1 / 6), atol=0.06), means
-    assert torch.allclose(means[True], torch.full((3,), 1 / 2), atol=0.06), means

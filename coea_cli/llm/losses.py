@@ -18,18 +18,14 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(pred, labels[:, 1:].reshape(-1), ignore_index=IGNORE)
 
 
-def relevance_loss(
-    pair_logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Binary cross-entropy of P(Yes) = sigmoid(logit(Yes) - logit(No)) against 0/1 labels,
-    optionally weighted per example (mean of weight x loss).
+def relevance_loss(pair_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of P(Yes) = sigmoid(logit(Yes) - logit(No)) against 0/1 labels.
 
     ``pair_logits`` is ``[B, 2]``: the (Yes, No) answer-token logits; the same as softmax
     cross-entropy over the two tokens.
     """
     margin = (pair_logits[:, 0] - pair_logits[:, 1]).float()
-    w = None if weights is None else weights.float()
-    return F.binary_cross_entropy_with_logits(margin, labels.float(), weight=w)
+    return F.binary_cross_entropy_with_logits(margin, labels.float())
 
 
 def kl_to_previous(new_logp: torch.Tensor, prev_logp: torch.Tensor) -> torch.Tensor:

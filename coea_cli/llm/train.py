@@ -289,16 +289,11 @@ def train_relevance(
     lr: float = 2e-4,
     batch_size: int = 8,
     max_grad_norm: float = 1.0,
-    balance: bool = False,
     progress: Progress | None = None,
     seed: int = 0,
 ) -> dict:
     """Fine-tune the Relevance LLM on ``(prompt, label)`` examples (label 1 = Yes); binary
-    cross-entropy on the Yes/No answer logits. Returns metrics (accuracy of the last epoch).
-
-    ``balance``: weight the examples so that Yes and No weigh the same in total (weights
-    n / (2 n_yes) and n / (2 n_no)), so that P(Yes) keeps a balanced prior whatever share of
-    the labels is Yes: 0.5 stays "no evidence either way"."""
+    cross-entropy on the Yes/No answer logits. Returns metrics (accuracy of the last epoch)."""
     t0 = time.perf_counter()
     disable_cpu_bf16_repack(model)
     pad = _pad_id(tokenizer)
@@ -307,16 +302,11 @@ def train_relevance(
     labels = torch.tensor([int(y) for _, y in examples], dtype=torch.float32)
     if not set(labels.unique().tolist()) <= {0.0, 1.0}:
         raise ValueError("relevance labels must be 0 or 1")
-    weights = torch.ones_like(labels)
-    n_yes = int(labels.sum())
-    if balance and 0 < n_yes < len(labels):
-        n = len(labels)
-        weights = torch.where(labels > 0, n / (2 * n_yes), n / (2 * (n - n_yes)))
 
     def step(idx):
         pair = relevance_logits(model, [prompt_ids[i] for i in idx], yes_no, pad)
         y = labels[idx].to(pair.device)
-        loss = relevance_loss(pair, y, weights[idx].to(pair.device))
+        loss = relevance_loss(pair, y)
         acc = (((pair[:, 0] > pair[:, 1]).float()) == y).float().mean()
         return loss, {"accuracy": float(acc)}
 
@@ -331,7 +321,4 @@ def train_relevance(
         progress=progress,
         step_fn=step,
     )
-    out = _summary("relevance", len(examples), steps, first, history, t0)
-    out["yes_share"] = n_yes / max(1, len(labels))
-    out["balanced"] = bool(balance and 0 < n_yes < len(labels))
-    return out
+    return _summary("relevance", len(examples), steps, first, history, t0)

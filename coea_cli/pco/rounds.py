@@ -372,11 +372,7 @@ class RoundK(RoundBase):
             )  # fmt: skip
 
     def update_relevance(self) -> None:
-        """Continual update of Relevance on period k's labels (--update-relevance). The labels
-        are class-balanced, as round 0's examples are by construction (one sampled negative
-        per positive): with a period's own share of Yes, a period where few proposals are
-        taken up teaches the judge to say No to everything, and the fixed --tau-pos and
-        --tau-neg bars then verify nothing."""
+        """Continual update of Relevance on period k's labels (--update-relevance)."""
         from coea_cli.llm.train import train_relevance
 
         o = self.opt
@@ -387,7 +383,7 @@ class RoundK(RoundBase):
         ]
         self.rel_fit = train_relevance(
             self.relevance, self.rtok, labelled, epochs=o.epochs, lr=o.lr,
-            batch_size=o.batch_size, balance=True, progress=_progress(f"round {self.k} relevance"),
+            batch_size=o.batch_size, progress=_progress(f"round {self.k} relevance"),
             seed=self.seed_k,
         )  # fmt: skip
 
