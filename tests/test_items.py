@@ -374,3 +374,17 @@ def test_text_encoder_refuses_an_unsupported_pipeline(tmp_path):
     (folder / "modules.json").write_text(json.dumps(modules))
     with pytest.raises(BadInput, match="Dense"):
         load_text_encoder(str(folder), "cpu")
+
+
+def test_text_encoder_refuses_an_unsupported_pooling(tmp_path):
+    import json
+
+    from coea_cli.items.encoder import default_encoder_path, load_text_encoder
+
+    folder = tmp_path / "enc"
+    shutil.copytree(default_encoder_path(), folder)
+    cfg = json.loads((folder / "1_Pooling" / "config.json").read_text())
+    cfg["pooling_mode_mean_sqrt_len_tokens"] = True  # mean and sqrt-len at once
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(BadInput, match="pooling must be exactly one"):
+        load_text_encoder(str(folder), "cpu")

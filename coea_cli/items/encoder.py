@@ -118,8 +118,8 @@ def _pipeline(folder: Path) -> tuple[str, int | None]:
             "(expected Transformer, Pooling and optionally Normalize)"
         )
     modes = [name for key, name in _POOLING.items() if pooling.get(key)]
-    if len(modes) != 1 or any(pooling.get(k) for k in pooling if k.startswith("pooling_mode_")
-                               and k not in _POOLING):  # fmt: skip
+    other = [k for k, on in pooling.items() if k.startswith("pooling_mode_") and on]
+    if len(modes) != 1 or len(other) != 1:
         raise BadInput(
             f"--text-encoder: {pooling_dir / 'config.json'}: pooling must be exactly one of "
             "mean, CLS or max tokens"
