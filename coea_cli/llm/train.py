@@ -21,6 +21,7 @@ from coea_cli.llm.decoding import (
     _pad_id,
     encode_prompts,
     forward_tail,
+    length_batches,
     relevance_logits,
     table_logprobs,
 )
@@ -113,11 +114,11 @@ def _previous(ref_model, model, prompts, prompt_ids, table, pad):
     elif callable(ref_model):
         prev = ref_model(list(prompts))
     else:
-        rows = []
+        prev = torch.zeros(len(prompt_ids), len(table.trie))
         with _EvalMode(model):
-            for s in range(0, len(prompt_ids), 16):
-                rows.append(table_logprobs(model, prompt_ids[s : s + 16], table, pad).cpu())
-        prev = torch.cat(rows)
+            for batch in length_batches(prompt_ids, 16):
+                lp = table_logprobs(model, [prompt_ids[i] for i in batch], table, pad)
+                prev[batch] = lp.float().cpu()
     prev = torch.as_tensor(prev, dtype=torch.float32).cpu()
     if prev.shape != (len(prompts), len(table.trie)):
         raise ValueError(
