@@ -717,27 +717,33 @@ class ServeOptions(Options):
         "How the explore slots are ranked: auto (weights chosen on the period before the one "
         "served, with the models of that time: needs `train-dsie --cutoff` of that period), "
         "top-m (the first --top-m draws the user does not know, items by DSIE), or "
-        "W_NOVELTY,W_RELEVANCE (log Novelty probability and Relevance logit added to DSIE's "
-        "item score).",
+        "W_NOVELTY,W_RELEVANCE[,W_POPULARITY] (log Novelty probability and Relevance logit "
+        "added to the item score, which mixes DSIE's and popularity's standardised scores "
+        "with popularity's share W_POPULARITY in [0, 1], default 0).",
     )
 
     def check(self) -> None:
         self.fixed_weights()
 
     def fixed_weights(self):
-        """None for auto, "top-m", or the two weights."""
+        """None for auto, "top-m", or the weights (two or three)."""
         spec = str(self.weights).strip().lower()
         if spec in ("auto", "top-m"):
             return None if spec == "auto" else spec
         try:
-            n, r = (float(x) for x in spec.split(","))
+            values = tuple(float(x) for x in spec.split(","))
         except ValueError:
+            values = ()
+        if len(values) not in (2, 3):
             raise BadInput(
-                f"--weights: expected auto, top-m or W_NOVELTY,W_RELEVANCE, got {self.weights!r}"
-            ) from None
-        if not (math.isfinite(n) and math.isfinite(r)):
+                "--weights: expected auto, top-m or W_NOVELTY,W_RELEVANCE[,W_POPULARITY], got "
+                f"{self.weights!r}"
+            )
+        if not all(math.isfinite(v) for v in values):
             raise BadInput("--weights must be finite")
-        return n, r
+        if len(values) == 3 and not 0 <= values[2] <= 1:
+            raise BadInput(f"--weights: W_POPULARITY must lie in [0, 1], got {values[2]:g}")
+        return values
 
 
 @dataclass(frozen=True)

@@ -435,6 +435,8 @@ CASES = [
     ("recommend", opts("--shard", "3/2"), ("--shard",)),
     ("recommend", opts("--shard", "../1"), ("--shard",)),
     ("recommend", opts("--weights", "nan,1"), ("--weights",)),
+    ("recommend", opts("--weights", "0,1,1.5"), ("--weights", "W_POPULARITY")),
+    ("recommend", opts("--weights", "1,2,0,4"), ("--weights",)),
     ("recommend", opts("--before-period", 99, *SERVE), ("--before-period",)),
     # ---- evaluate and simulate
     ("evaluate", opts("--ks", "0,5"), ("--ks",)),

@@ -18,7 +18,7 @@ import pytest
 from coea_cli.evaluation import systems
 from coea_cli.llm.context import World
 from coea_cli.recs.engine import Engine
-from coea_cli.recs.lists import DRAW, FILL, SOURCES, clusters_to_items
+from coea_cli.recs.lists import DRAW, FILL, SOURCES, Weights, clusters_to_items
 from coea_cli.workspace import History
 
 ITEM_CLUSTER = np.array([0, 0, 0, 1, 1, 1, 2, 2, 3, 3])
@@ -48,7 +48,7 @@ def items(lists, u):
 
 
 def test_dsie_unexplored_is_dsie_over_new_clusters():
-    out = systems.dsie_unexplored(engine(), USERS, 4)
+    out = systems.unexplored(engine(), USERS, 4)
     # user 0 knows c0: best of c1..c3 = 9 8 7 6; user 1 knows c0 c1 c2: c3 = 9 8, then fill
     assert items(out, 0) == [9, 8, 7, 6]
     assert items(out, 1) == [9, 8, 7, 5]  # 7 (c2, unseen) and 5 (c1) fill: c3 has only 8, 9
@@ -79,7 +79,7 @@ def test_random_unexplored_draws_only_new_clusters_and_is_seeded():
 
 
 def test_slot_shares():
-    out = systems.dsie_unexplored(engine(), USERS, 4)
+    out = systems.unexplored(engine(), USERS, 4)
     shares = systems.slot_shares(out, USERS, 4)
     # 12 slots: user 1 has 2 fills, the rest are draws
     assert shares == {
@@ -87,3 +87,50 @@ def test_slot_shares():
         f"share_{SOURCES[1]}@4": 0.0,
         f"share_{SOURCES[2]}@4": pytest.approx(2 / 12),
     }
+
+
+def test_mixed_unexplored_moves_from_dsie_to_popularity():
+    """The rule without LLMs under `Weights(0, 0, mix)`: mix 0 is DSIE over every new cluster,
+    mix 1 popularity over them, and a mix in between ranks by the mixed standardised scores."""
+    e = engine()
+
+    def mixed(mix, k=6):
+        w = Weights(0.0, 0.0, mix)
+        return e.rank_inside(USERS, lambda u: systems.all_unexplored(e, u), k, 1, 1.0, weights=w)
+
+    dsie, pop = systems.unexplored(e, USERS, 6), systems.unexplored(e, USERS, 6, "popularity")
+    assert all(items(mixed(0.0), u) == items(dsie, u) for u in USERS)
+    assert all(items(mixed(1.0), u) == items(pop, u) for u in USERS)
+    # user 2 knows c2 and c3: items 0..5 are new; counts before period 1: item 0 two users,
+    # items 1 and 3 one each, 2 4 5 none; popularity ranks 0, then 1 and 3, then 2 4 5
+    assert items(mixed(1.0), 2) == [0, 1, 3, 2, 4, 5]
+    assert items(mixed(0.0), 2) == [5, 4, 3, 2, 1, 0]
+    ids = np.arange(10.0)
+    pop_log = np.log1p(np.array([2, 1, 0, 1, 0, 0, 2, 1, 1, 0.0]))
+    z = lambda x: (x - x.mean()) / x.std()  # noqa: E731
+    half = 0.5 * z(ids) + 0.5 * z(pop_log)
+    want = sorted(range(6), key=lambda i: -half[i])
+    assert items(mixed(0.5), 2) == want
+    assert want != items(mixed(0.0), 2) and want != items(mixed(1.0), 2)
+
+
+def test_claims_are_measured_against_the_leading_simple_rules():
+    """`strongest` keeps every simple rule that leads on a headline metric, in SIMPLE order;
+    CoEA rows never count, and a rule that leads nowhere is left out."""
+    from coea_cli.evaluation.suite import SIMPLE, strongest
+
+    rows = {
+        SIMPLE[0]: {"hr@10": 0.30, "novel_hr@10": 0.40, "serendipity@10": 0.04},
+        SIMPLE[1]: {"hr@10": 0.25, "novel_hr@10": 0.60, "serendipity@10": 0.07},
+        SIMPLE[2]: {"hr@10": 0.28, "novel_hr@10": 0.55, "serendipity@10": 0.08},
+        SIMPLE[3]: {"hr@10": 0.10, "novel_hr@10": 0.10, "serendipity@10": 0.01},
+        "CoEA (full)": {"hr@10": 0.9, "novel_hr@10": 0.9, "serendipity@10": 0.9},
+    }
+
+    class Pooled:
+        def pooled(self):
+            return rows
+
+    assert strongest(Pooled()) == [SIMPLE[0], SIMPLE[1], SIMPLE[2]]
+    rows[SIMPLE[0]]["hr@10"] = 0.2
+    assert strongest(Pooled()) == [SIMPLE[1], SIMPLE[2]]

@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 import pytest
 
 from coea_cli import store
+from coea_cli.recs.tune import named
 from coea_cli.serving import Reader
 from tests.helpers import coea
 from tests.pco_fixtures import TINY, tiny_workspace
@@ -231,9 +232,11 @@ def test_evaluate_reports_every_system(trained):
     report = r.json()
     assert report["protocol"].startswith("Protocol: full ranking")
     simple = {"Popularity", "Random novel", "DSIE top-K", "DSIE + MMR", "DSIE unexplored",
-              "Popular unexplored", "Random unexplored"}  # fmt: skip
+              "Popularity unexplored", "Mixed unexplored", "Popular unexplored",
+              "Random unexplored"}  # fmt: skip
     ablations = {"CoEA round 0 (w/o PCO)", "CoEA w/o KL", "CoEA w/o DSIE", "Novelty LLM alone",
-            "CoEA w/o reserve", "CoEA (full)"}  # fmt: skip
+            "CoEA w/o reserve", "CoEA (full)", "CoEA, popularity inside",
+            "CoEA recent context"}  # fmt: skip
     assert set(report["systems"]) == simple | ablations
     assert set(report["notes"]) == simple | ablations  # each says what it isolates
     for row in report["systems"].values():
@@ -258,8 +261,15 @@ def test_evaluate_reports_every_system(trained):
     assert (trained / "eval" / "rounds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (trained / "eval" / "report.md").read_text()
     assert "| CoEA (full) |" in md and "95% paired bootstrap" in md
-    # every CoEA row is compared with the strongest simple rule, with an interval
-    assert set(report["comparisons"]) >= {f"{n} vs DSIE unexplored" for n in ablations}
+    # every CoEA row is compared with the strongest simple rules, with an interval
+    from coea_cli.evaluation.suite import SIMPLE
+
+    lead = {
+        max(SIMPLE, key=lambda n: rows[n][col] if rows[n][col] is not None else -1)
+        for col in ("hr@10", "novel_hr@10", "serendipity@10")
+    }
+    assert set(report["comparisons"]) >= {f"{n} vs {b}" for n in ablations for b in lead}
+    assert set(report["comparisons"]) >= {f"CoEA (full) vs {b}" for b in SIMPLE}
     for cmp in report["comparisons"].values():
         for c in cmp.values():
             lo, hi = c["ci95"]
@@ -408,7 +418,15 @@ def test_weights_are_chosen_on_the_validation_period(trained):
     assert report["weights"] == v["chosen"] and v["chosen"] in v["scores"]
     best = v["scores"][v["chosen"]]["serendipity@10"]
     assert all(row["serendipity@10"] <= best + 1e-12 for row in v["scores"].values())
-    assert "top-m" in v["scores"] and len(v["scores"]) == 17  # the rule and the 4 x 4 grid
+    assert "top-m" in v["scores"] and len(v["scores"]) == 61  # top-m and the 4 x 3 x 5 grid
+    rule = named(v["rule"])  # the best setting without the LLMs, reported beside
+    assert rule.novelty == rule.relevance == 0 and v["rule"] in v["scores"]
+    no_llm = [
+        n for n in v["scores"] if n != "top-m" and named(n).novelty == named(n).relevance == 0
+    ]
+    assert len(no_llm) == 5
+    assert all(v["scores"][n]["serendipity@10"] <= v["scores"][v["rule"]]["serendipity@10"]
+               for n in no_llm)  # fmt: skip
     manifest = store.read_json(trained / "recs" / "manifest.json")
     assert "dsie-before-1/dsie.safetensors" in manifest["inputs"]  # validated as of period 1
     r = coea("recommend", "--weights", "1,x", "--work", trained)

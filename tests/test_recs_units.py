@@ -361,11 +361,26 @@ def test_weighted_ranking_by_hand():
     out = user_list(SCORES, np.array([], dtype=np.int64), {0}, draws, PARTS, ITEM_CLUSTER,
                     ListOptions(k=2, top_m=1), weights=Weights(5.0, 0.0))  # fmt: skip
     assert [r[1] for r in rows(out)] == [3, 3]
-    # draws the user knows are skipped; the reserve fills only what draws cannot
+    # draws the user knows are skipped; the reserve's clusters compete like the draws
     reserve = [Candidate((2,), float("nan"), 0.1, reserve=True)]
     out = user_list(SCORES, np.array([8, 9], dtype=np.int64), {0, 1}, draws + reserve, PARTS,
                     ITEM_CLUSTER, ListOptions(k=3, top_m=1), weights=Weights(1.0, 1.0))  # fmt: skip
     assert rows(out) == [(6, 2, RESERVE), (7, 2, RESERVE), (0, 0, FILL)]
+
+
+def test_weighted_ranking_ranks_the_reserve_with_the_draws():
+    """No hard cut after the draws: an unjudged reserve cluster the Novelty LLM finds likely
+    outranks a judged draw when the novelty weight says so, and keeps its source."""
+    draws = [Candidate((1,), 0.5, 0.05)]  # judged, logit 0, unlikely
+    reserve = [Candidate((3,), float("nan"), 0.9, reserve=True)]
+    out = user_list(SCORES, np.array([], dtype=np.int64), {0}, draws + reserve, PARTS,
+                    ITEM_CLUSTER, ListOptions(k=2, top_m=1), weights=Weights(2.0, 0.0))  # fmt: skip
+    # bonus: cluster 1 2 log .05 = -5.99, cluster 3 2 log .9 = -0.21: 9 (.4) and 8 (.3) lead
+    assert rows(out) == [(9, 3, RESERVE), (8, 3, RESERVE)]
+    # without LLM weights every unfamiliar cluster's items compete on their scores alone
+    out = user_list(SCORES, np.array([], dtype=np.int64), {0}, draws + reserve, PARTS,
+                    ITEM_CLUSTER, ListOptions(k=2, top_m=1), weights=Weights(0.0, 0.0))  # fmt: skip
+    assert rows(out) == [(3, 1, DRAW), (4, 1, DRAW)]
 
 
 def test_weights_cluster_score():

@@ -132,8 +132,8 @@ def run_external(ctx: Ctx[EvaluateOptions]) -> dict | None:
     engine = Engine(ws, test, ctx.device)
     ev = events_at(engine, test)
     scores = Scores(ks, ws.item_embedding("content"))
-    serve, stored = _coea(ws, test, k_max)
-    baselines(scores, engine, ev, serve, k_max, ctx.seed, o.mmr_lambda)
+    serve, stored, rule = _coea(ws, test, k_max)
+    baselines(scores, engine, ev, serve, k_max, ctx.seed, o.mmr_lambda, rule)
     if isinstance(stored, dict):
         full = "main track: the stored lists (recs/recs.parquet)"
         scores.add(FULL, ev, systems.from_lists(stored, ev.users, k_max), full, stored)
@@ -177,18 +177,19 @@ def run_external(ctx: Ctx[EvaluateOptions]) -> dict | None:
     return clean(report) if ctx.json else _print(report)
 
 
-def _coea(ws: Workspace, test: int, k: int) -> tuple[ServeOptions, dict | str]:
+def _coea(ws: Workspace, test: int, k: int) -> tuple[ServeOptions, dict | str, object]:
     """The serving options of the stored lists (defaults without any; the baselines built like
-    CoEA's lists use them), and the lists when they are the main track's current ones for the
-    test period (else why not)."""
+    CoEA's lists use them), the lists when they are the main track's current ones for the
+    test period (else why not), and the rule without the LLMs chosen beside them (or None)."""
     if not (ws.recs().path / store.MANIFEST).exists():
-        return ServeOptions(), "no stored lists (`coea recommend`)"
+        return ServeOptions(), "no stored lists (`coea recommend`)", None
     serve, _ = serving_options(ws)
     try:
         main = ws.track(MAIN).require_state()
-        return serve, stored_lists(ws, main, test, k)["lists"]
+        stored = stored_lists(ws, main, test, k)
+        return serve, stored["lists"], stored["rule"]
     except ArtifactError as e:
-        return serve, str(e)
+        return serve, str(e), None
 
 
 def _print(report: dict) -> None:

@@ -23,7 +23,7 @@ from coea_cli.llm.context import World
 from coea_cli.options import EvaluateOptions
 from coea_cli.recs.engine import Engine, track_variant
 from coea_cli.recs.lists import Weights
-from coea_cli.recs.tune import choose, name_of
+from coea_cli.recs.tune import choose, name_of, named
 from coea_cli.workspace import MAIN, Workspace, read_json
 
 SERVED = "the serving options and seed of recs/ (recommend)"
@@ -48,8 +48,9 @@ def run_rolling(ctx: Ctx[EvaluateOptions], serve, seed: int) -> dict:
         engine = Engine(ws, k, ctx.device, world)
         ev = events_at(engine, k)
         console.log(f"period {k}: {len(ev.users)} users, models as of its start")
-        baselines(scores, engine, ev, serve, k_max, ctx.seed, o.mmr_lambda)
         weights[k], validation[k] = _weights(ws, serve, k, ctx.device, seed)
+        rule = named(validation[k].get("rule"))
+        baselines(scores, engine, ev, serve, k_max, ctx.seed, o.mmr_lambda, rule)
         served[k] = {}
         for name, variant, note in variants(ws, ctx.device, seed, k):
             if variant is None:
@@ -102,10 +103,15 @@ def variants(ws: Workspace, device: str, seed: int, period: int) -> list:
         ("CoEA (full)", MAIN, {}, "main track"),
         ("CoEA round 0 (w/o PCO)", MAIN, {"round_": 0}, "round-0 adapters"),
         ("CoEA w/o KL", "nokl", {}, "track nokl: the KL term"),
-        ("CoEA w/o DSIE", "nodsie", {}, "track nodsie: persona and long-term context"),
+        ("CoEA, popularity inside", MAIN, {"inside": "popularity"},
+         "main track, items inside clusters by popularity instead of DSIE"),
+        ("CoEA w/o DSIE", "nodsie", {},
+         "track nodsie: no persona or long-term context, popularity inside clusters"),
+        ("CoEA recent context", "nodsie", {"inside": "dsie"},
+         "track nodsie (no persona or long-term context), DSIE inside clusters"),
         ("Novelty LLM alone", MAIN, {"judge": False}, "main track, no Relevance best-of-n"),
         ("CoEA w/o reserve", MAIN, {"reserve": False}, "main track, the judged draws only"),
-    )
+    )  # fmt: skip
     for name, track, kw, note in rows:
         state = ws.track(track).state(branch=False) if track in tracks else None
         if state is None or state["round"] < 1:

@@ -52,7 +52,7 @@ def run_evaluate(ctx: Ctx[EvaluateOptions]) -> dict | None:
     ev = events_at(engine, test)
     scores = Scores(ks, ws.item_embedding("content"))
     serve, seed, weights = stored["options"], stored["seed"], stored["weights"]
-    baselines(scores, engine, ev, serve, k_max, ctx.seed, o.mmr_lambda)
+    baselines(scores, engine, ev, serve, k_max, ctx.seed, o.mmr_lambda, stored["rule"])
     variants = coea_variants(ws, main, ctx.device, seed)
     coea_rows(scores, engine, ev, variants, serve, k_max, seed, weights)
     full = f"main track, round {main['round']}: the stored lists (recs/recs.parquet)"
@@ -102,17 +102,24 @@ def coea_variants(ws: Workspace, main: dict, device: str, seed: int) -> list:
         ("CoEA round 0 (w/o PCO)", track_variant(ws, main_track, device, seed, 0),
          "round-0 adapters: what the PCO rounds add"),
     ]  # fmt: skip
+    out.append(("CoEA, popularity inside",
+                track_variant(ws, main_track, device, seed, inside="popularity"),
+                "main track, items inside clusters by popularity instead of DSIE"))  # fmt: skip
     tracks = ws.tracks()
-    for track, name, what, how in (
-        ("nokl", "CoEA w/o KL", "the KL term", "--no-kl"),
+    for track, name, what, how, kw in (
+        ("nokl", "CoEA w/o KL", "the KL term", "--no-kl", {}),
         ("nodsie", "CoEA w/o DSIE",
          "persona and long-term context (trained and served without them; popularity inside "
-         "clusters)", "--no-dsie"),
+         "clusters)", "--no-dsie", {}),
+        ("nodsie", "CoEA recent context",
+         "persona and long-term context (trained and served without them; DSIE inside "
+         "clusters)", "--no-dsie", {"inside": "dsie"}),
     ):  # fmt: skip
         state = ws.track(track).state(branch=False) if track in tracks else None
         if state is not None and state["round"] > 0:
             note = f"track {track}, round {state['round']}: {what}"
-            out.append((name, track_variant(ws, ws.track(track), device, seed, name=name), note))
+            variant = track_variant(ws, ws.track(track), device, seed, name=name, **kw)
+            out.append((name, variant, note))
         else:
             out.append((name, None, f"not run: `coea pco-round --track {track} {how}`"))
     out.append(("Novelty LLM alone", track_variant(ws, main_track, device, seed, judge=False),

@@ -17,7 +17,8 @@ from coea_cli.workspace import MAIN, Workspace, read_json, read_table
 
 def stored_lists(ws: Workspace, main: dict, test: int, k: int) -> dict:
     """The lists `recommend` stored for the test period with the main track's current
-    adapters: {"lists": {user: RECORD array}, "options": ServeOptions, "seed": int}.
+    adapters: {"lists": {user: RECORD array}, "options": ServeOptions, "seed": int, "weights":
+    the ranking served, "rule": the setting without the LLMs chosen beside it (or None)}.
     Lists made by other adapters, for another cutoff or shorter than K are refused."""
     out = ws.recs()
     report = read_json(out.require("report"), "recommend")
@@ -45,7 +46,10 @@ def stored_lists(ws: Workspace, main: dict, test: int, k: int) -> dict:
     columns = ["user_id", "item_id", "score", "cluster", "source"]
     table = read_table(out.require("table"), "recommend", columns)
     weights = named(report.get("weights", "top-m"))
-    return {"lists": lists_of(table), "options": serve, "seed": seed, "weights": weights}
+    rule = named((report.get("validation") or {}).get("rule"))
+    return {
+        "lists": lists_of(table), "options": serve, "seed": seed, "weights": weights, "rule": rule
+    }  # fmt: skip
 
 
 def serving_options(ws: Workspace) -> tuple[ServeOptions, int]:

@@ -2,8 +2,8 @@
 built like CoEA's lists, {user: RECORD list}).
 
 The "unexplored clusters" baselines build their lists exactly as CoEA does (`rank_inside`:
-the first m clusters new to the user, items ranked by DSIE inside, DSIE's fill after), so
-they differ from CoEA only in how the clusters are chosen.
+the first m clusters new to the user, items ranked by DSIE or popularity inside, that
+ranking's fill after), so they differ from CoEA only in how the clusters are chosen.
 """
 
 from __future__ import annotations
@@ -109,10 +109,16 @@ def _unexplored(engine: Engine, user: int) -> np.ndarray:
     return np.setdiff1d(present, engine.familiar(user))
 
 
-def dsie_unexplored(engine: Engine, users: np.ndarray, k: int) -> dict:
-    """DSIE's top K over every cluster new to the user (no LLM, no cluster choice)."""
+def all_unexplored(engine: Engine, user: int) -> list[Candidate]:
+    """Every cluster new to the user, as unjudged candidates."""
+    return _as_candidates(_unexplored(engine, user))
+
+
+def unexplored(engine: Engine, users: np.ndarray, k: int, inside: str = "dsie") -> dict:
+    """The top K by DSIE (or popularity) over every cluster new to the user (no LLM, no
+    cluster choice)."""
     n = len(engine.items_of)
-    return engine.rank_inside(users, lambda u: _as_candidates(_unexplored(engine, u)), k, n, 1.0)
+    return engine.rank_inside(users, lambda u: all_unexplored(engine, u), k, n, 1.0, inside)
 
 
 def popular_unexplored(

@@ -29,7 +29,8 @@ class Variant:
     novelty: Path
     relevance: Path
     spec: LLMSpec
-    use_dsie: bool = True  # persona + long-term context in prompts, DSIE item ranking
+    full_context: bool = True  # persona + long-term context in prompts (else recent window)
+    inside: str = "dsie"  # how items inside a cluster are ranked: "dsie" or "popularity"
     judge: bool = True  # Relevance best-of-n over the draws (off: the Novelty LLM alone)
     reserve: bool = True  # follow the draws with every other allowed cluster
     template_dir: str | None = None  # the prompt templates the track was trained with
@@ -39,13 +40,16 @@ class Variant:
 def track_variant(
     ws: Workspace, track: Track, device: str, seed: int, round_: int | None = None,
     name: str | None = None, judge: bool = True, reserve: bool = True, before: int | None = None,
+    inside: str | None = None,
 ) -> Variant:  # fmt: skip
     """A track's current adapters (or a given round's), served as they were trained: the same
     backbone and LoRA shape, and the same context (a track trained with --no-dsie gets prompts
-    without persona or long-term history, and popularity ranking inside clusters)."""
+    without persona or long-term history). Items inside clusters are ranked by `inside`
+    (default: DSIE, popularity for a --no-dsie track)."""
     state = track.require_state()
     spec = serving_spec(ws, track, state, device, seed)
-    use_dsie = state["serving"]["context"] == "full"
+    full = state["serving"]["context"] == "full"
+    inside = inside or ("dsie" if full else "popularity")
     if before is not None:
         entry = serving_before(state, before)
         label = f"{track.name}@{entry['round']}"
@@ -62,7 +66,7 @@ def track_variant(
     made = [h["round"] for h in state["history"] if h["novelty"] == entry["novelty"]]
     round_ = entry.get("round", made[-1] if made else None)
     return Variant(
-        name or label, novelty, relevance, spec, use_dsie, judge, reserve, templates, round_
+        name or label, novelty, relevance, spec, full, inside, judge, reserve, templates, round_
     )
 
 
@@ -128,19 +132,27 @@ class Engine:
         return np.unique(self.world.item_cluster[self.seen(user)])
 
     def rank_inside(
-        self, users, candidates_of, k: int, top_m: int, explore_ratio: float, use_dsie=True,
+        self, users, candidates_of, k: int, top_m: int, explore_ratio: float, inside="dsie",
         weights: Weights | None = None,
     ) -> dict:  # fmt: skip
         """{user: RECORD list}: the user's first `top_m` unfamiliar candidate clusters
-        (`candidates_of(user)`), items inside ranked by DSIE (popularity without DSIE), the
-        rest of the K slots filled by that ranking."""
+        (`candidates_of(user)`), items inside ranked by `inside` (DSIE's scores or
+        popularity), the rest of the K slots filled by that ranking. With `weights`, items of
+        every unfamiliar candidate ranked as `Weights` says (popularity mixed into DSIE's
+        standardised scores)."""
+        if inside not in ("dsie", "popularity"):
+            raise ValueError(f"inside: {inside!r}")
         w, lists = self.world, {}
         for start in range(0, len(users), 1024):
             chunk = np.asarray(users[start : start + 1024], dtype=np.int64)
-            if use_dsie:
+            if inside == "popularity":
+                pop = self.popularity if weights is None else _z(self.popularity)
+                block = np.broadcast_to(pop, (len(chunk), w.n_items))
+            elif weights is None:
                 block = self.dsie_scores(chunk)
             else:
-                block = np.broadcast_to(self.popularity, (len(chunk), w.n_items))
+                mix = weights.popularity
+                block = (1 - mix) * _z(self.dsie_scores(chunk)) + mix * _z(self.popularity)
             for row, u in zip(block, chunk, strict=True):
                 fam = set(self.familiar(u).tolist())
                 lists[int(u)] = user_list(
@@ -156,7 +168,9 @@ class Engine:
         Novelty prompts."""
         w = self.world
         ctx = {
-            int(u): context_of(w, u, self.seen(u), use_dsie=variant.use_dsie, period=self.before)
+            int(u): context_of(
+                w, u, self.seen(u), use_dsie=variant.full_context, period=self.before
+            )
             for u in users
         }
         familiar = {int(u): {(int(c),) for c in self.familiar(u)} for u in users}
@@ -179,7 +193,14 @@ class Engine:
         cands = self.candidates(users, variant, opt, seed)
         t1 = time.time()
         lists = self.rank_inside(
-            users, lambda u: cands[u], k, opt.top_m, opt.explore_ratio, variant.use_dsie, weights
+            users, lambda u: cands[u], k, opt.top_m, opt.explore_ratio, variant.inside, weights
         )
         t2 = time.time()
         return {"lists": lists, "candidates": cands, "seconds": {"llm": t1 - t0, "lists": t2 - t1}}
+
+
+def _z(x: np.ndarray) -> np.ndarray:
+    """Standardised along the last axis (items)."""
+    x = np.asarray(x, dtype=np.float64)
+    sd = x.std(axis=-1, keepdims=True)
+    return (x - x.mean(axis=-1, keepdims=True)) / np.where(sd > 0, sd, 1.0)

@@ -27,19 +27,29 @@ DRAW, RESERVE, FILL = range(3)  # indices of SOURCES
 
 @dataclass(frozen=True)
 class Weights:
-    """One ranking of the explore slots from the three signals: an item i of a drawn cluster c
-    scores novelty x log p_novelty(c) + relevance x logit P(Yes | c) + DSIE's score of i
-    (an unjudged cluster's logit counts 0). Chosen on a validation period by `recommend`."""
+    """One ranking of the explore slots from every signal: an unseen item i of a cluster c new
+    to the user scores
+
+        (1 - popularity) x z(DSIE's score of i) + popularity x z(log popularity of i)
+        + novelty x log p_novelty(c) + relevance x logit P(Yes | c)
+
+    (z: standardised over the items; an unjudged cluster's logit counts 0). With novelty =
+    relevance = 0 this is the rule with no LLM over every unexplored cluster. Chosen on a
+    validation period by `recommend` (recs.tune)."""
 
     novelty: float
     relevance: float
+    popularity: float = 0.0
 
     def cluster_score(self, c: Candidate) -> float:
-        logit = 0.0
-        if np.isfinite(c.relevance):
+        """The cluster's bonus; a signal with weight 0 or no value (NaN) adds nothing."""
+        out = 0.0
+        if self.relevance and np.isfinite(c.relevance):
             r = min(max(c.relevance, 1e-6), 1 - 1e-6)
-            logit = float(np.log(r / (1 - r)))
-        return self.novelty * float(np.log(max(c.novelty, 1e-12))) + self.relevance * logit
+            out += self.relevance * float(np.log(r / (1 - r)))
+        if self.novelty and np.isfinite(c.novelty):
+            out += self.novelty * float(np.log(max(c.novelty, 1e-12)))
+        return out
 
 
 def user_list(
@@ -58,20 +68,20 @@ def user_list(
     """One user's list as a RECORD array (at most k rows). `scores`: [N] item scores.
 
     Without `weights`: the first `top_m` unfamiliar candidates give the explore pool, ranked by
-    `scores`. With `weights`: every unfamiliar draw's items are ranked together by
-    `Weights`, and only slots they cannot fill go to the reserve (first `top_m` clusters)."""
+    `scores`. With `weights` (and `scores` already mixed as `Weights` says): the items of every
+    unfamiliar candidate, draws and reserve, are ranked together by score + cluster score."""
     s = scores.astype(np.float64).copy()
     s[seen] = -np.inf
     open_ = [c for c in candidates if c.cluster[0] not in familiar]
     n_explore = round(k * explore_ratio)
     chosen: list[tuple[int, int]] = []
     if weights is not None and n_explore > 0:
-        draws = [c for c in open_ if not c.reserve]
-        bonus = {c.cluster[0]: weights.cluster_score(c) for c in draws}
+        bonus = {c.cluster[0]: weights.cluster_score(c) for c in open_}
+        source = {c.cluster[0]: RESERVE if c.reserve else DRAW for c in open_}
         top = _ranked(s, bonus, items_of_cluster, item_cluster, n_explore)
-        chosen += [(int(i), DRAW) for i in top]
+        chosen += [(int(i), source[int(item_cluster[i])]) for i in top]
         s[top] = -np.inf
-        open_ = [c for c in open_ if c.reserve]
+        open_ = []
     picked = open_[:top_m]
     source = {c.cluster[0]: RESERVE if c.reserve else DRAW for c in picked}
     n_explore -= len(chosen)

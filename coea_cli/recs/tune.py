@@ -3,8 +3,10 @@
 Serving as of period T, the validation period is V = T - 1, scored with the models as they
 stood before it: DSIE trained on periods < V (`dsie-before-V/`, from `train-dsie --cutoff V`)
 and the track's adapters of the last round accepted before V. Every candidate setting (the
-top-m rule, and each pair of weights of the grid) ranks the same candidates; the one with the
-highest serendipity@10 on V wins (ties: novel HR@10, then HR@10).
+top-m rule, and each setting of the grid) ranks the same candidates; the one with the
+highest serendipity@10 on V wins (ties: novel HR@10, then HR@10). The best setting without
+the LLMs (novelty = relevance = 0: every unexplored cluster, DSIE and popularity mixed) is
+reported too: it is the rule CoEA is measured against.
 """
 
 from __future__ import annotations
@@ -19,17 +21,18 @@ from coea_cli.recs.engine import Engine, track_variant
 from coea_cli.recs.lists import Weights
 from coea_cli.workspace import Track, Workspace
 
+MIXES = (0.0, 0.25, 0.5, 0.75, 1.0)  # share of popularity in the item score
 GRID = tuple(
-    Weights(n, r) for n, r in itertools.product((0.0, 0.5, 1.0, 2.0), (0.0, 1.0, 2.0, 4.0))
+    Weights(n, r, p) for n, r, p in itertools.product((0.0, 0.5, 1.0, 2.0), (0.0, 1.0, 2.0), MIXES)
 )
 
 
-def named(name: str) -> Weights | None:
-    """A setting by its name in the report: `top-m` (None) or `W_NOVELTY,W_RELEVANCE`."""
-    if name == "top-m":
+def named(name: str | None) -> Weights | None:
+    """A setting by its name in the report: `top-m` (None) or
+    `W_NOVELTY,W_RELEVANCE[,W_POPULARITY]`."""
+    if name in (None, "top-m"):
         return None
-    n, r = (float(x) for x in name.split(","))
-    return Weights(n, r)
+    return Weights(*(float(x) for x in name.split(",")))
 
 
 def choose(
@@ -50,7 +53,7 @@ def choose(
     rows = {}
     for w in (None, *GRID):
         lists = engine.rank_inside(
-            users, lambda u: cands[u], k, opt.top_m, opt.explore_ratio, variant.use_dsie, w
+            users, lambda u: cands[u], k, opt.top_m, opt.explore_ratio, variant.inside, w
         )
         recs = np.full((len(users), k), -1, dtype=np.int64)
         for r, u in enumerate(users):
@@ -63,14 +66,20 @@ def choose(
             "novel_hr@10": float(novel.mean()) if len(novel) else 0.0,
             "hr@10": float(np.mean(pu["hit"])) if len(users) else 0.0,
         }
-    best = max(rows, key=lambda n: (rows[n]["serendipity@10"], rows[n]["novel_hr@10"],
-                                    rows[n]["hr@10"]))  # fmt: skip
+
+    def value(n):
+        return rows[n]["serendipity@10"], rows[n]["novel_hr@10"], rows[n]["hr@10"]
+
+    best = max(rows, key=value)
+    rule = max((name_of(w) for w in GRID if w.novelty == w.relevance == 0), key=value)
     console.log(
         f"ranking weights chosen on period {period} ({len(users)} users): {best} "
-        f"(serendipity@10 {rows[best]['serendipity@10']:.4f})"
+        f"(serendipity@10 {rows[best]['serendipity@10']:.4f}; without the LLMs {rule}: "
+        f"{rows[rule]['serendipity@10']:.4f})"
     )
-    return named(best), {"period": period, "users": len(users), "chosen": best, "scores": rows}
+    info = {"period": period, "users": len(users), "chosen": best, "rule": rule, "scores": rows}
+    return named(best), info
 
 
 def name_of(w: Weights | None) -> str:
-    return "top-m" if w is None else f"{w.novelty:g},{w.relevance:g}"
+    return "top-m" if w is None else f"{w.novelty:g},{w.relevance:g},{w.popularity:g}"

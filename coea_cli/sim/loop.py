@@ -120,7 +120,7 @@ def recommend(job: Job, engine: Engine, p: int, item_emb: np.ndarray) -> np.ndar
     if sysm.ranker == "mmr":
         return rules.dsie_mmr(engine, users, k, item_emb, job.mmr_lambda)
     if sysm.ranker == "unexplored":
-        return rules.from_lists(rules.dsie_unexplored(engine, users, k), users, k)
+        return rules.from_lists(rules.unexplored(engine, users, k), users, k)
     ws = engine.ws
     round_ = 0 if sysm.round0 else None
     variant = track_variant(ws, ws.track(sysm.track), job.device, job.seed, round_)
