@@ -13,10 +13,13 @@ written to a temporary folder with the same writer `recommend` uses. Figures:
 - lookup + decode: the same, reading every field (original item ids, scores, clusters,
   sources), as a handler that answers with the whole list does;
 - get_many: batches of 100 users;
+- preload: the same lookups and batches with `Reader(..., preload=True)` (every list in a
+  dict), its load time and the resident memory it adds;
 - rewrite: another process writes a new version and swaps it in while this one keeps
   looking up (check_every 0.05 s); counts lookups and errors during the rewrite, the latency
   then, and the time from the swap to the first lookup served from the new version, and
-  checks that version's lists.
+  checks that version's lists; once with the store and once preloaded (the lookup that
+  notices the new version loads it: the max latency shows it).
 Wall and CPU seconds are both given: on a shared machine the wall figures are lower bounds of
 what the process would do alone.
 """
@@ -63,6 +66,12 @@ def write_store(folder: Path, n_users: int, k: int, n_items: int, seed: int, bas
     with store.atomic_dir(folder) as tmp:
         layout.write(tmp, lists, users, items, meta, parquet=False)
     return meta, users
+
+
+def _rss_mib() -> float:
+    """Resident memory of this process now (Linux /proc), MiB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def _clock():
@@ -237,10 +246,17 @@ def main() -> None:
     res["get_many"] = batches(reader, users, a.lookups, a.seed)
     reader.close()  # py-lmdb opens one environment per file and process
     res["lmdb_floor"] = floor(folder, users, a.lookups, a.seed)
-    reader = Reader(folder)
-    if tmp is not None:
-        res["rewrite"] = rewrite(folder, reader, users, a)
+    rss0, t0 = _rss_mib(), time.perf_counter()
+    reader = Reader(folder, preload=True)
+    res["preload"] = {"load_s": time.perf_counter() - t0, "rss_mib": _rss_mib() - rss0}
+    res["preload_lookup"] = lookups(reader, users, a.lookups, a.seed, decode=False)
+    res["preload_get_many"] = batches(reader, users, a.lookups, a.seed)
     reader.close()
+    for preload in (False, True):
+        reader = Reader(folder, preload=preload)
+        if tmp is not None:
+            res["preload_rewrite" if preload else "rewrite"] = rewrite(folder, reader, users, a)
+        reader.close()
     print(f"machine: {res['machine']}, load average {res['load_average']}")
     print(f"store: {res['store']}")
     if "recommend" in res:
@@ -258,8 +274,16 @@ def main() -> None:
     f = res["lmdb_floor"]
     print(f"py-lmdb get alone (pre-encoded keys): {f['per_s_wall']:,.0f}/s wall, "
           f"{f['per_s_cpu']:,.0f}/s per CPU second")  # fmt: skip
-    if "rewrite" in res:
-        print(f"rewrite: {res['rewrite']}")
+    p, x, g = res["preload"], res["preload_lookup"], res["preload_get_many"]
+    print(
+        f"preload=True: loaded in {p['load_s']:.1f} s, +{p['rss_mib']:.0f} MiB resident; lookup "
+        f"{x['per_s_wall']:,.0f}/s wall, {x['per_s_cpu']:,.0f}/s per CPU second; p50 "
+        f"{x['p50_us']:.1f} us, p99 {x['p99_us']:.1f} us, max {x['max_us']:.0f} us; get_many "
+        f"{g['per_s_wall']:,.0f} users/s"
+    )
+    for key in ("rewrite", "preload_rewrite"):
+        if key in res:
+            print(f"{key}: {res[key]}")
     print("goal: >= 300,000 lookups/s and p99 < 50 us")
     if a.json:
         a.json.write_text(json.dumps(res, indent=2))

@@ -62,13 +62,16 @@ def expected(lists, users, items, u: int):
     )
 
 
-def test_every_lookup_returns_the_list_written(tmp_path):
+@pytest.mark.parametrize("preload", [False, True])
+def test_every_lookup_returns_the_list_written(tmp_path, preload):
     seed = secrets.randbits(32)
     lists, users, items = random_lists(seed)
     meta = layout.new_meta(track="main", round=3, novelty="llm/novelty/round-003")
     with store.atomic_dir(tmp_path / "recs") as tmp:
         layout.write(tmp, layout.Lists.from_dict(lists), users, items, meta)
-    with Reader(tmp_path) as reader:  # a workspace folder
+    with Reader(tmp_path, preload=preload) as reader:  # a workspace folder
+        if preload:  # every stored user in memory, the meta and items entries not
+            assert set(reader._memo) == {users[u] for u in lists}
         assert reader.version["generation"] == meta["generation"]
         assert reader.version["round"] == 3 and reader.version["users"] == len(lists)
         for u, name in enumerate(users):
@@ -139,11 +142,12 @@ def test_parquet_holds_the_same_lists_with_original_ids(tmp_path):
         assert row["source"] == layout.SOURCES[lists[u]["source"][rank - 1]]
 
 
-def test_a_swapped_in_version_is_noticed(tmp_path):
+@pytest.mark.parametrize("preload", [False, True])
+def test_a_swapped_in_version_is_noticed(tmp_path, preload):
     recs = tmp_path / "recs"
     seed = secrets.randbits(31)
     m1 = write_version(recs, seed)
-    reader = Reader(tmp_path, check_every=3600)
+    reader = Reader(tmp_path, check_every=3600, preload=preload)
     lists1, users, items1 = random_lists(seed)
     u = next(iter(lists1))
     before = reader.get(users[u])
@@ -162,7 +166,7 @@ def test_a_swapped_in_version_is_noticed(tmp_path):
     assert list(before.items) == expected(lists1, users, items1, u)[0]
     assert before.version["generation"] == m1["generation"]
     # check_every=0: the next lookup notices on its own
-    fast = Reader(tmp_path, check_every=0)
+    fast = Reader(tmp_path, check_every=0, preload=preload)
     m3 = write_version(recs, seed + 2)
     fast.get("anyone")
     assert fast.version["generation"] == m3["generation"]
