@@ -21,10 +21,10 @@ its `meta` and serves it from that lookup on (`refresh()` checks at once). Lists
 returned keep their bytes and their version. While a swap is half done the old store keeps
 serving.
 
-In memory: `Reader(path, preload=True)` reads every list into a dict once per version (about
-0.7 GB and a few seconds per million users of 20 items, shared by the process's readers), so a lookup
-is one dict probe and does not touch the store; the lookup that notices a newer version
-loads it before answering.
+In memory: `Reader(path, preload=True)` reads every list into a dict once per version
+(about 0.7 GB and a few seconds per million users of 20 items, shared by the process's
+readers), so a lookup is one dict probe and does not touch the store; the lookup that
+notices a newer version loads it before answering.
 
 One Reader per thread (each holds its own read transaction; the readers of a process share
 one open environment per version); open readers after a fork, not before. `close()` (or
