@@ -852,7 +852,8 @@ class EvaluateOptions(Options):
 
 
 SIM_SYSTEMS = (
-    "popularity", "dsie", "dsie-mmr", "dsie-unexplored", "coea-round0", "coea-pco", "coea-nokl",
+    "popularity", "dsie", "dsie-mmr", "dsie-unexplored", "popularity-unexplored", "coea-round0",
+    "coea-pco", "coea-nokl",
 )  # fmt: skip
 
 

@@ -39,7 +39,7 @@ from coea_cli.workspace import MAIN, Serving, Workspace
 class System:
     key: str
     label: str
-    ranker: str  # popularity, dsie, mmr, unexplored or coea
+    ranker: str  # popularity, dsie, mmr, unexplored, popularity-unexplored or coea
     track: str | None = None  # coea: the track whose adapters serve
     round0: bool = False  # coea: frozen at round 0
     pco: bool = False  # coea: one PCO round per simulated period
@@ -50,6 +50,7 @@ SYSTEMS = (
     System("dsie", "DSIE top-K", "dsie"),
     System("dsie-mmr", "DSIE + MMR", "mmr"),
     System("dsie-unexplored", "DSIE unexplored", "unexplored"),
+    System("popularity-unexplored", "Popularity unexplored", "popularity-unexplored"),
     System("coea-round0", "CoEA frozen at round 0", "coea", MAIN, round0=True),
     System("coea-pco", "CoEA with PCO", "coea", MAIN, pco=True),
     System("coea-nokl", "CoEA w/o KL", "coea", "nokl", pco=True),
@@ -121,6 +122,8 @@ def recommend(job: Job, engine: Engine, p: int, item_emb: np.ndarray) -> np.ndar
         return rules.dsie_mmr(engine, users, k, item_emb, job.mmr_lambda)
     if sysm.ranker == "unexplored":
         return rules.from_lists(rules.unexplored(engine, users, k), users, k)
+    if sysm.ranker == "popularity-unexplored":
+        return rules.from_lists(rules.unexplored(engine, users, k, "popularity"), users, k)
     ws = engine.ws
     round_ = 0 if sysm.round0 else None
     variant = track_variant(ws, ws.track(sysm.track), job.device, job.seed, round_)
@@ -131,7 +134,7 @@ def recommend(job: Job, engine: Engine, p: int, item_emb: np.ndarray) -> np.ndar
 def update(job: Job, ws: Workspace, dsie, p: int) -> None:
     """Fine-tune DSIE on period p (every system but popularity); one PCO round on it for the
     systems with PCO."""
-    if job.system.ranker == "popularity":
+    if job.system.ranker in ("popularity", "popularity-unexplored"):
         return
     world = World.load(ws)
     seqs = world.history.before(p + 1)

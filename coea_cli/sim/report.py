@@ -20,7 +20,7 @@ CURVES = (
     ("homogenization", "homogenization (mean Jaccard)"),
 )
 PAIRS = (("CoEA with PCO", "CoEA frozen at round 0"), ("CoEA with PCO", "DSIE unexplored"),
-         ("CoEA w/o KL", "CoEA with PCO"))  # fmt: skip
+         ("CoEA with PCO", "Popularity unexplored"), ("CoEA w/o KL", "CoEA with PCO"))  # fmt: skip
 
 
 def write(out, tmp, results: list[dict], jobs, o, anchor: dict, seconds: float) -> None:
