@@ -201,3 +201,52 @@ def test_empty_inputs(model):
     assert relevance_scores(model, tok, []).shape == (0,)
     with pytest.raises(ValueError):
         sample_clusters(model, tok, ["x"], trie, temperature=0)
+
+
+def test_relevance_scores_share_each_context_once(model, monkeypatch):
+    """Several candidates per context (as the Relevance LLM judges draws): the grouped,
+    cached scoring equals each prompt run whole, and the plain batched path."""
+    import random
+
+    from coea_cli.llm import decoding, prefix
+
+    rnd = random.Random()
+    tok = tokenizer(True)
+    prompts = []
+    for _ in range(6):
+        persona = f"group {rnd.randrange(100)}"
+        recent = [(rnd.randrange(8),) for _ in range(rnd.randrange(1, 4))]
+        familiar = [(rnd.randrange(8),) for _ in range(rnd.randrange(0, 5))]
+        for _ in range(rnd.randrange(1, 6)):
+            prompts.append(relevance_prompt(persona, recent, familiar, (rnd.randrange(8),),
+                                            DESCRIBE))  # fmt: skip
+    rnd.shuffle(prompts)
+    ids = decoding.encode_prompts(tok, prompts)
+    assert len(prefix.prefix_groups(ids)) < len(prompts)  # contexts are shared
+    grouped = relevance_scores(model, tok, prompts, batch_size=3)
+    monkeypatch.setattr(prefix, "supports_prefix", lambda m: False)
+    plain = relevance_scores(model, tok, prompts, batch_size=3)
+    torch.testing.assert_close(grouped, plain, atol=1e-5, rtol=0)
+    yes, no = answer_token_ids(tok)
+    for p, s in zip(prompts, grouped.tolist(), strict=True):
+        with torch.no_grad():
+            last = model(input_ids=torch.tensor([tok.encode(p)])).logits[0, -1]
+        assert s == pytest.approx(1 / (1 + math.exp(-(last[yes] - last[no]).item())), abs=1e-5)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 3), min_size=1, max_size=14), max_size=30),
+       st.integers(1, 6))  # fmt: skip
+def test_prefix_groups_cover_every_prompt_once(seqs, min_shared):
+    from coea_cli.llm.prefix import prefix_groups
+
+    groups = prefix_groups(seqs, min_shared)
+    members = sorted(i for _, m in groups for i in m)
+    assert members == list(range(len(seqs)))
+    for n, m in groups:
+        head = seqs[m[0]][:n]
+        assert all(list(seqs[i][:n]) == list(head) and len(seqs[i]) > n for i in m) or (
+            len(m) == 1 and n == 0
+        )
+        if len(m) > 1:
+            assert n >= min_shared and all(2 * n >= len(seqs[i]) for i in m)

@@ -373,14 +373,19 @@ def relevance_scores(
     """P(Yes) per prompt, float32 ``[P]`` on CPU (``label``: show progress under it).
 
     Normalised over the two answer tokens only: softmax([logit(Yes), logit(No)])[0], so the
-    score is a probability even when the model puts mass on other tokens.
+    score is a probability even when the model puts mass on other tokens. Prompts that share
+    their context are scored on one cached prefix (`prefix.last_logits`).
     """
+    from coea_cli.llm.prefix import last_logits, supports_prefix
     from coea_cli.llm.prompts import answer_token_ids
 
     yes_no = answer_token_ids(tokenizer)
     ids = encode_prompts(tokenizer, prompts)
     out = torch.zeros(len(ids))
     with _EvalMode(model), _progress(label, len(ids)) as advance:
+        if supports_prefix(model) and all(len(x) > 1 for x in ids):  # shared contexts once
+            pair = last_logits(model, ids, _pad_id(tokenizer), yes_no, batch_size, advance)
+            return torch.softmax(pair, -1)[:, 0]
         for batch in length_batches(ids, batch_size):
             pair = relevance_logits(model, [ids[i] for i in batch], yes_no, _pad_id(tokenizer))
             out[batch] = torch.softmax(pair, -1)[:, 0].float().cpu()
