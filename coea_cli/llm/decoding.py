@@ -157,7 +157,7 @@ def score_batches(out: torch.Tensor, batches: list[list[int]], score, label: str
     rank, world = dist.current()
     mine = batches[rank::world]
     done = []
-    with _progress(label, sum(len(b) for b in mine)) as advance:
+    with _progress(label, sum(len(b) for b in mine), world) as advance:
         for batch in mine:
             out[batch] = score(batch)
             if world > 1:
@@ -282,7 +282,8 @@ def sample_clusters(
     mine = list(range(len(batches)))[rank::world]
     done = []  # (chunk, its prompts' clusters, invalid) of this rank's batches
     try:
-        with _EvalMode(model), _progress(label, sum(len(batches[b]) for b in mine)) as advance:
+        share = sum(len(batches[b]) for b in mine)
+        with _EvalMode(model), _progress(label, share, world) as advance:
             for b in mine:
                 chunk = [todo[i] for i in batches[b]]
                 advance(len(chunk))
@@ -441,12 +442,15 @@ def relevance_scores(
         return score_batches(torch.zeros(len(ids)), length_batches(ids, batch_size), score, label)
 
 
-def _progress(label: str | None, total: int):
-    """A progress bar over `total` prompts under `label`; a no-op without a label."""
+def _progress(label: str | None, total: int, world: int = 1):
+    """A progress bar over `total` prompts under `label` (this process's share of `world`);
+    a no-op without a label."""
     from contextlib import nullcontext
 
     from coea_cli import console
 
     if label is None or total == 0:
         return nullcontext(lambda n=1, **fields: None)
+    if world > 1:
+        label = f"{label} (this process's share, of {world})"
     return console.progress(label, total, "prompts")
