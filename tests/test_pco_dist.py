@@ -252,6 +252,8 @@ def _pco_round(work: str, args: list, port: int) -> dict:
         lock.__exit__(None, None, None)
     os.environ["MASTER_PORT"] = str(port)  # a new group on a fresh port
     r = coea("pco-round", *args, "--work", work)
+    if r.code != 0:  # exit non-zero: spawn then stops the other rank rather than leave it waiting
+        raise RuntimeError(f"rank {rank}: exit {r.code}\n{r.stderr}")
     return {**out, "code": r.code, "stdout": r.stdout, "stderr": r.stderr}
 
 
@@ -289,7 +291,8 @@ def test_pco_round_on_two_processes_matches_one(tmp_path):
     assert all("locked by" in r["locked"]["stderr"] for r in runs)
     assert [r["code"] for r in runs] == [0, 0], runs[0]["stderr"] + runs[1]["stderr"]
     assert json.loads(runs[0]["stdout"]) == one.json()  # the same summary, printed once
-    assert runs[1]["stdout"] == "" and runs[1]["stderr"] == ""
+    assert runs[1]["stdout"] == "" and "round 0" in runs[0]["stderr"]
+    assert "round" not in runs[1]["stderr"]  # rank 0 alone logs
     # the same state, but for the backbone's fingerprint: it hashes coea_scratch.json, which
     # records the build's seconds; the backbones themselves are the same
     states = [store.read_json(w / "pco" / "state.json") for w in (work, other)]
