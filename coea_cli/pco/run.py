@@ -98,20 +98,20 @@ def check_same_training(state: dict | None, new: Serving, track: Track) -> None:
 
 
 def run_pco(ctx: Ctx[PcoOptions]) -> dict:
-    rank, world, _ = dist.init_distributed(ctx.device)
+    rank, size, _ = dist.init_distributed(ctx.device)
     try:
-        return _run(ctx, rank, world)
+        return _run(ctx, rank, size)
     finally:
-        dist.close(world)
+        dist.close(size)
 
 
-def _run(ctx: Ctx[PcoOptions], rank: int, world: int) -> dict:
+def _run(ctx: Ctx[PcoOptions], rank: int, size: int) -> dict:
     o = ctx.opts
     ws = ctx.ws
     track = ws.track(o.track)
     # rank 0 alone holds the lock (a second holder would be refused); the others start once
     # it does, and the state they read cannot change under them
-    with dist.on_rank0(store.workspace_lock(ctx.work, "pco-round"), rank, world):
+    with dist.on_rank0(store.workspace_lock(ctx.work, "pco-round"), rank, size):
         world = World.load(ws)
         state = start_state(ws, track, context_name(o))
         todo = plan(state, world.test_period, o.rounds, o.round)
