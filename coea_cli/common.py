@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from coea_cli import console
+from coea_cli.dist import distributed_env
 from coea_cli.errors import EXIT_INTERNAL, BadInput, CoeaError
 from coea_cli.options import COMMANDS, Common, Device, Options
 
@@ -115,13 +116,15 @@ def run(command: str, common: dict, own: dict) -> None:
     except CoeaError as e:
         console.error(str(e))
         raise typer.Exit(e.exit_code) from None
-    console.set_level(ctx.common.verbosity())
+    rank, _ = distributed_env()  # under torchrun only rank 0 logs, cleans and prints
+    console.set_level(ctx.common.verbosity() if rank == 0 else console.QUIET)
     module, name = target.split(":")
     cpu_threads()
     seed_everything(ctx.seed)
     console.quiet_libraries()
     try:
-        sweep(ctx)
+        if rank == 0:
+            sweep(ctx)
         result = getattr(importlib.import_module(module), name)(ctx)
     except CoeaError as e:
         console.error(str(e))
@@ -136,7 +139,7 @@ def run(command: str, common: dict, own: dict) -> None:
             console.error(f"internal error in {command}: {type(e).__name__}: {e}")
             console.err.print(console.stamp() + "set COEA_DEBUG=1 for the traceback", markup=False)
         raise typer.Exit(EXIT_INTERNAL) from None
-    if result is not None:
+    if result is not None and rank == 0:
         console.emit(result, ctx.json)
     sys.stdout.flush()
 

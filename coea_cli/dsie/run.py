@@ -11,11 +11,12 @@ import torch
 
 from coea_cli import console, store
 from coea_cli.common import Ctx
+from coea_cli.dist import close, init_distributed
 from coea_cli.dsie.baselines import item_counts, popularity_metrics
 from coea_cli.dsie.data import Split, loo_split, pipeline_split, training_windows
 from coea_cli.dsie.infer import encode_histories, evaluate_ranking, grow
 from coea_cli.dsie.model import DSIE, DSIEConfig
-from coea_cli.dsie.train import TrainConfig, Trainer, fingerprint, init_distributed
+from coea_cli.dsie.train import TrainConfig, Trainer, fingerprint
 from coea_cli.errors import BadInput
 from coea_cli.options import DsieOptions, Protocol
 from coea_cli.workspace import Dir, History, UserSequences, Workspace, check_name
@@ -47,11 +48,7 @@ def run_train_dsie(ctx: Ctx[DsieOptions]) -> dict | None:
     try:
         return _run(ctx, rank, world, device)
     finally:
-        if world > 1:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
+        close(world)
 
 
 def _run(ctx: Ctx[DsieOptions], rank: int, world: int, device: str) -> dict | None:

@@ -17,7 +17,6 @@ history, and a fingerprint of the data and model options that must match on --re
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ import torch
 from torch import nn
 
 from coea_cli import console, store
+from coea_cli.dist import all_sum, barrier
 from coea_cli.dsie.data import Windows, batch_order, train_batch
 from coea_cli.errors import BadInput
 from coea_cli.options import DsieOptions
@@ -73,44 +73,6 @@ class TrainConfig:
             seed=seed,
             metric=str(o.early_stop_metric),
         )
-
-
-# ---------------------------------------------------------------- distributed
-
-
-def distributed_env() -> tuple[int, int]:
-    """(rank, world size) from the torchrun environment (0, 1 without it)."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def init_distributed(device: str) -> tuple[int, int, str]:
-    """Join the process group when run under torchrun; returns (rank, world, device)."""
-    import torch.distributed as dist
-
-    rank, world = distributed_env()
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if device == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
-    if device == "cuda" and world > 1:
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        torch.cuda.set_device(local)
-        device = f"cuda:{local}"
-    return rank, world, device
-
-
-def _all_sum(x: torch.Tensor, world: int) -> torch.Tensor:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.all_reduce(x)
-    return x
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 # ---------------------------------------------------------------- the trainer
@@ -220,7 +182,7 @@ class Trainer:
                 self.step += 1
                 parts = [loss_sum, out["next"], out["group"]]
                 part = torch.stack([p.detach().double().cpu() for p in parts])
-                part = _all_sum(part, world)
+                part = all_sum(part, world)
                 total += torch.cat([part, torch.tensor([float(count)], dtype=torch.float64)])
                 self.step_losses.append(float(part[0]) / count)
                 done += len(idx)
@@ -357,7 +319,7 @@ class Trainer:
                     save_file(_cpu(self.best_state), str(tmp / "best.safetensors"))
                 save_file(tensors, str(tmp / "optimizer.safetensors"))
                 store.write_json(tmp / "state.json", state)
-        _barrier(self.world)
+        barrier(self.world)
 
     def load_checkpoint(self) -> None:
         from safetensors.torch import load_file

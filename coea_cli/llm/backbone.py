@@ -76,7 +76,9 @@ def load_backbone(
     )
     qc = quant_config(quant, device)
     if qc is not None:
-        kwargs.update(quantization_config=qc, device_map={"": 0 if device == "cuda" else "cpu"})
+        # the current CUDA device: under torchrun each rank's own (dist.init_distributed)
+        where = torch.cuda.current_device() if device == "cuda" else "cpu"
+        kwargs.update(quantization_config=qc, device_map={"": where})
     model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     if qc is None:
         model.to(device)

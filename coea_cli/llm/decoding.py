@@ -8,7 +8,11 @@
 - ``relevance_scores``: P(Yes) of the Relevance LLM.
 
 Batches are left padded; position ids follow the attention mask, so a padded row scores exactly
-as it would alone. Importing this module loads torch and transformers.
+as it would alone. Under an initialised torch.distributed process group (`pco-round` under
+torchrun) the batches of the length order are dealt out (rank r takes batches r, r + world,
+...) and the results gathered, so every rank returns the whole result, identical to one
+process's: every rank must make the same calls. Importing this module loads torch and
+transformers.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import NamedTuple
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
+from coea_cli import dist
 from coea_cli.llm.vocab import cluster_token_ids
 
 Cluster = tuple[int, ...]
@@ -142,6 +147,28 @@ def length_batches(seqs: Sequence[Sequence[int]], size: int) -> list[list[int]]:
     return [order[s : s + size] for s in range(0, len(order), size)]
 
 
+def score_batches(out: torch.Tensor, batches: list[list[int]], score, label: str | None = None):
+    """``out[batch] = score(batch)`` for each batch of indices; returns ``out``.
+
+    Under a torch.distributed process group each rank scores batches rank, rank + world, ...
+    and the rows are gathered, so every rank ends with all of ``out``, each row computed in
+    the same batch as one process would. ``label``: show progress (this rank's share) under it.
+    """
+    rank, world = dist.current()
+    mine = batches[rank::world]
+    done = []
+    with _progress(label, sum(len(b) for b in mine), world) as advance:
+        for batch in mine:
+            out[batch] = score(batch)
+            if world > 1:
+                done.append((batch, out[batch]))
+            advance(len(batch))
+    for part in dist.gather(done, world) if world > 1 else ():
+        for batch, rows in part:
+            out[batch] = rows
+    return out
+
+
 def forward_tail(model, seqs: Sequence[Sequence[int]], keep: int, pad_id: int):
     """Logits at the last ``keep`` positions of each sequence: float32 ``[B, keep, V]``."""
     ids, mask, pos = left_pad(seqs, pad_id, model_device(model))
@@ -214,10 +241,18 @@ def sample_clusters(
     ``banned_per_prompt[i]`` are clusters prompt ``i`` may not produce (its familiar ones); a
     prompt with every cluster banned gets an empty list. At most ``max_batch`` sequences are
     generated per call to ``generate``. The model's own generation config is never used.
-    ``seed`` seeds torch's global generator first. ``label``: show progress under it.
+    ``label``: show progress under it.
+
+    ``seed``: batch b of the length order draws from torch's global generator seeded with
+    ``seed + b * 1_000_003`` (batch 0 with ``seed``), so a batch draws the same whichever
+    process samples it; the generator is left as the last batch left it, on every rank.
+    Without a seed the draws continue the global generator (one process only).
     """
     if temperature <= 0:
         raise ValueError("temperature must be > 0")
+    rank, world = dist.current()
+    if world > 1 and seed is None:
+        raise ValueError("sampling shared among processes needs a seed")
     if seed is not None:
         torch.manual_seed(seed)
     banned_per_prompt = banned_per_prompt or [()] * len(prompts)
@@ -243,11 +278,18 @@ def sample_clusters(
     saved = hf.generation_config
     hf.generation_config = GenerationConfig()
     per_call = max(1, max_batch // n)
+    batches = length_batches([ids[i] for i in todo], per_call)
+    mine = list(range(len(batches)))[rank::world]
+    done = []  # (chunk, its prompts' clusters, invalid) of this rank's batches
     try:
-        with _EvalMode(model), _progress(label, len(todo)) as advance:
-            for batch in length_batches([ids[i] for i in todo], per_call):
-                chunk = [todo[b] for b in batch]
+        share = sum(len(batches[b]) for b in mine)
+        with _EvalMode(model), _progress(label, share, world) as advance:
+            for b in mine:
+                chunk = [todo[i] for i in batches[b]]
                 advance(len(chunk))
+                if seed is not None:
+                    torch.manual_seed(seed + b * 1_000_003)
+                before = invalid
                 input_ids, mask, _ = left_pad([ids[i] for i in chunk], pad, model_device(model))
                 rows = [tries[i] for i in chunk for _ in range(n)]
                 proc = ClusterConstraint(rows, input_ids.shape[1], eos)
@@ -265,8 +307,19 @@ def sample_clusters(
                         invalid += 1
                     else:
                         out[chunk[r // n]].append(c)
+                if world > 1:
+                    done.append((chunk, [out[i] for i in chunk], invalid - before))
     finally:
         hf.generation_config = saved
+    if world > 1:
+        invalid = 0
+        for part in dist.gather(done, world):
+            for chunk, clusters, bad in part:
+                for i, c in zip(chunk, clusters, strict=True):
+                    out[i] = c
+                invalid += bad
+        if batches:
+            dist.share_rng((len(batches) - 1) % world, world)
     return Samples(out, invalid)
 
 
@@ -350,15 +403,15 @@ def cluster_logprobs(
     table = ClusterTable(trie)
     ids = encode_prompts(tokenizer, prompts)
     per_call = max(1, batch_size // len(table.prefixes))
-    out = torch.zeros(len(ids), len(trie))
-    with _EvalMode(model), _progress(label, len(ids)) as advance:
-        for batch in length_batches(ids, per_call):
-            lp = table_logprobs(
-                model, [ids[i] for i in batch], table, _pad_id(tokenizer), constrained
-            )
-            out[batch] = lp.float().cpu()
-            advance(len(batch))
-    return out
+    pad = _pad_id(tokenizer)
+
+    def score(batch):
+        return table_logprobs(model, [ids[i] for i in batch], table, pad, constrained).float().cpu()
+
+    with _EvalMode(model):
+        return score_batches(
+            torch.zeros(len(ids), len(trie)), length_batches(ids, per_call), score, label
+        )
 
 
 def relevance_logits(model, prompt_ids, yes_no: tuple[int, int], pad_id: int):
@@ -374,31 +427,42 @@ def relevance_scores(
 
     Normalised over the two answer tokens only: softmax([logit(Yes), logit(No)])[0], so the
     score is a probability even when the model puts mass on other tokens. Prompts that share
-    their context are scored on one cached prefix (`prefix.last_logits`).
+    their context are scored on one cached prefix (`coea_cli.llm.prefix`).
     """
-    from coea_cli.llm.prefix import last_logits, supports_prefix
+    from coea_cli.llm.prefix import chunk_logits, prefix_chunks, supports_prefix
     from coea_cli.llm.prompts import answer_token_ids
 
     yes_no = answer_token_ids(tokenizer)
     ids = encode_prompts(tokenizer, prompts)
-    out = torch.zeros(len(ids))
-    with _EvalMode(model), _progress(label, len(ids)) as advance:
-        if supports_prefix(model) and all(len(x) > 1 for x in ids):  # shared contexts once
-            pair = last_logits(model, ids, _pad_id(tokenizer), yes_no, batch_size, advance)
+    pad = _pad_id(tokenizer)
+    if supports_prefix(model) and all(len(x) > 1 for x in ids):  # shared contexts once
+        chunks = {c[0][1][0]: c for c in prefix_chunks(ids, 2 * batch_size)}
+
+        def score(batch):
+            pair = chunk_logits(model, ids, chunks[batch[0]], pad, yes_no)
             return torch.softmax(pair, -1)[:, 0]
-        for batch in length_batches(ids, batch_size):
-            pair = relevance_logits(model, [ids[i] for i in batch], yes_no, _pad_id(tokenizer))
-            out[batch] = torch.softmax(pair, -1)[:, 0].float().cpu()
-            advance(len(batch))
-    return out
+
+        batches = [[i for _, m in c for i in m] for c in chunks.values()]
+    else:
+
+        def score(batch):
+            pair = relevance_logits(model, [ids[i] for i in batch], yes_no, pad)
+            return torch.softmax(pair, -1)[:, 0].float().cpu()
+
+        batches = length_batches(ids, batch_size)
+    with _EvalMode(model):
+        return score_batches(torch.zeros(len(ids)), batches, score, label)
 
 
-def _progress(label: str | None, total: int):
-    """A progress bar over `total` prompts under `label`; a no-op without a label."""
+def _progress(label: str | None, total: int, world: int = 1):
+    """A progress bar over `total` prompts under `label` (this process's share of `world`);
+    a no-op without a label."""
     from contextlib import nullcontext
 
     from coea_cli import console
 
     if label is None or total == 0:
         return nullcontext(lambda n=1, **fields: None)
+    if world > 1:
+        label = f"{label} (this process's share, of {world})"
     return console.progress(label, total, "prompts")

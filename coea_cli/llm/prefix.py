@@ -50,39 +50,45 @@ def supports_prefix(model) -> bool:
     return getattr(config, "_attn_implementation", None) in CACHED_ATTENTION
 
 
-def last_logits(
-    model, seqs: Sequence[Sequence[int]], pad_id: int, columns: Sequence[int],
-    batch_size: int = 32, advance=None,
-) -> torch.Tensor:  # fmt: skip
-    """float32 ``[N, len(columns)]``: the logits of `columns` after the last token of each
-    sequence (every sequence at least 2 tokens), scored group by group (`prefix_groups`).
-    `advance(n)` is called as sequences are done."""
+def prefix_chunks(seqs: Sequence[Sequence[int]], size: int) -> list[list]:
+    """The groups of `prefix_groups`, longest prefix first, in chunks of at most `size`
+    prompts (a larger group alone): the batches of `chunk_logits`."""
+    groups = sorted(prefix_groups(seqs), key=lambda g: -g[0])
+    chunks: list[list] = []
+    members = 0
+    for g in groups:
+        if not chunks or members + len(g[1]) > size:
+            chunks.append([])
+            members = 0
+        chunks[-1].append(g)
+        members += len(g[1])
+    return chunks
+
+
+def chunk_logits(
+    model, seqs: Sequence[Sequence[int]], chunk: list, pad_id: int, columns: Sequence[int]
+) -> torch.Tensor:
+    """float32 ``[M, len(columns)]`` on CPU: the logits of `columns` after the last token of
+    each member of the chunk's groups, in member order: each group's prefix once, with its
+    key/value cache copied to the members, then each member's own tokens on it."""
     from coea_cli.llm.decoding import left_pad, model_device
 
     device = model_device(model)
-    cols = torch.as_tensor(list(columns), device=device)
-    out = torch.zeros(len(seqs), len(cols))
-    groups = sorted(prefix_groups(seqs), key=lambda g: -g[0])
-    for chunk in _chunks(groups, 2 * batch_size):
-        ids, mask, pos = left_pad([seqs[m[0]][:n] for n, m in chunk], pad_id, device)
-        first = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-                      logits_to_keep=1)  # fmt: skip
-        cache = first.get("cache", first.get("past_key_values"))
-        rows = torch.as_tensor([g for g, (_, m) in enumerate(chunk) for _ in m], device=device)
-        cache.batch_select_indices(rows)
-        members = [i for _, m in chunk for i in m]
-        rest = [seqs[i][n:] for n, m in chunk for i in m]
-        sids, smask, _ = left_pad(rest, pad_id, device)
-        start = mask.sum(-1)[rows].unsqueeze(-1)
-        spos = (start + smask.cumsum(-1) - 1).clamp(min=0)
-        logits = model(
-            input_ids=sids, attention_mask=torch.cat([mask[rows], smask], -1),
-            position_ids=spos, use_cache=False, logits_to_keep=1, **{_cache_name(model): cache},
-        ).logits[:, -1]  # fmt: skip
-        out[members] = logits.index_select(-1, cols).float().cpu()
-        if advance is not None:
-            advance(len(members))
-    return out
+    ids, mask, pos = left_pad([seqs[m[0]][:n] for n, m in chunk], pad_id, device)
+    first = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                  logits_to_keep=1)  # fmt: skip
+    cache = first.get("cache", first.get("past_key_values"))
+    rows = torch.as_tensor([g for g, (_, m) in enumerate(chunk) for _ in m], device=device)
+    cache.batch_select_indices(rows)
+    rest = [seqs[i][n:] for n, m in chunk for i in m]
+    sids, smask, _ = left_pad(rest, pad_id, device)
+    start = mask.sum(-1)[rows].unsqueeze(-1)
+    spos = (start + smask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(
+        input_ids=sids, attention_mask=torch.cat([mask[rows], smask], -1), position_ids=spos,
+        use_cache=False, logits_to_keep=1, **{_cache_name(model): cache},
+    ).logits[:, -1]  # fmt: skip
+    return logits[:, list(columns)].float().cpu()
 
 
 def _cache_name(model) -> str:
@@ -92,16 +98,3 @@ def _cache_name(model) -> str:
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-
-
-def _chunks(groups: list, size: int):
-    """Consecutive groups with at most `size` members in all (a larger group alone)."""
-    chunk, members = [], 0
-    for g in groups:
-        if chunk and members + len(g[1]) > size:
-            yield chunk
-            chunk, members = [], 0
-        chunk.append(g)
-        members += len(g[1])
-    if chunk:
-        yield chunk

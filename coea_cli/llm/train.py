@@ -3,6 +3,14 @@
 Data in, metrics out: examples are already-rendered prompts (see ``prompts.py``) with their
 target cluster, preference pair or 0/1 label. AdamW on the trainable parameters only, gradient
 clipping, works on CPU and CUDA.
+
+Under an initialised torch.distributed process group (`pco-round` under torchrun) every rank
+draws the same batches and computes the loss of every world-th example of each, weighted by
+its share of the batch; the gradients are summed over the ranks before clipping, so each
+update is the one-process update (up to the order of float sums). Every loss here is a mean
+over the batch's examples (the SFT loss is a mean over target tokens, and every target has
+the same number), which is what makes the shares add up. LoRA dropout must stay 0 (the
+default) for the ranks to match one process.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from coea_cli import dist
 from coea_cli.llm.backbone import disable_cpu_bf16_repack
 from coea_cli.llm.decoding import (
     ClusterTable,
@@ -23,6 +32,7 @@ from coea_cli.llm.decoding import (
     forward_tail,
     length_batches,
     relevance_logits,
+    score_batches,
     table_logprobs,
 )
 from coea_cli.llm.losses import IGNORE, dpo_loss, kl_to_previous, relevance_loss, sft_loss
@@ -55,8 +65,11 @@ def _batches(lengths: Sequence[int], batch_size: int, gen, pool: int = 32) -> li
 
 
 def _loop(model, lengths, *, epochs, lr, batch_size, max_grad_norm, seed, progress, step_fn):
-    """Shared loop over examples of token ``lengths``: ``step_fn(indices) -> (loss, stats)``;
-    returns per-epoch means."""
+    """Shared loop over examples of token ``lengths``: ``step_fn(indices) -> (loss, stats)``,
+    the loss a mean over the examples of ``indices`` and ``stats`` name -> (value, the number
+    of examples it is a mean over); returns per-epoch means. Under a process group each rank
+    steps on its share of every batch (``_shared_step``)."""
+    rank, world = dist.current()
     n = len(lengths)
     if n == 0:
         raise ValueError("no training examples")
@@ -72,13 +85,17 @@ def _loop(model, lengths, *, epochs, lr, batch_size, max_grad_norm, seed, progre
             sums: dict[str, float] = {}
             count = 0
             for idx in _batches(lengths, batch_size, gen):
-                loss, stats = step_fn(idx)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
+                if world == 1:
+                    loss, stats = step_fn(idx)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    value, stats = float(loss.detach()), {k: v for k, (v, _) in stats.items()}
+                else:
+                    opt.zero_grad(set_to_none=True)
+                    value, stats = _shared_step(step_fn, idx, params, rank, world)
                 torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
                 opt.step()
                 step += 1
-                value = float(loss.detach())
                 first = value if first is None else first
                 for k, v in {"loss": value, **stats}.items():
                     sums[k] = sums.get(k, 0.0) + v * len(idx)
@@ -89,6 +106,49 @@ def _loop(model, lengths, *, epochs, lr, batch_size, max_grad_norm, seed, progre
     finally:
         model.train(was_training)
     return step, first, history
+
+
+def _shared_step(step_fn, idx, params, rank: int, world: int) -> tuple[float, dict]:
+    """Gradients and statistics of batch ``idx`` from this rank's share, every world-th
+    example: its mean loss times its share of the batch, the gradients summed over the ranks
+    (the gradient of the batch mean), and each statistic the mean over the ranks weighted by
+    the examples behind it. Returns (batch loss, statistics)."""
+    mine = idx[rank::world]
+    local = {}
+    if mine:
+        loss, stats = step_fn(mine)
+        (loss * (len(mine) / len(idx))).backward()
+        local = {"loss": (float(loss.detach()), len(mine)), **stats}
+    _sum_grads(params, world)
+    total: dict[str, tuple[float, int]] = {}
+    for part in dist.gather(local, world):
+        for k, (v, w) in part.items():
+            if w:
+                s, c = total.get(k, (0.0, 0))
+                total[k] = (s + v * w, c + w)
+    merged = {k: s / c for k, (s, c) in total.items()}
+    return merged.pop("loss"), merged
+
+
+def _sum_grads(params, world: int) -> None:
+    """Sum the parameters' gradients over the ranks, one all-reduce per dtype. A gradient
+    missing on this rank (an empty share) counts as zeros; one missing on every rank stays
+    None, as in one process."""
+    dev = params[0].device
+    seen = torch.tensor([float(p.grad is not None) for p in params], device=dev)
+    dist.all_sum(seen, world)
+    groups: dict = {}
+    for p, s in zip(params, seen.tolist(), strict=True):
+        if s > 0:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            groups.setdefault(p.grad.dtype, []).append(p)
+    for group in groups.values():
+        flat = dist.all_sum(torch.cat([p.grad.reshape(-1) for p in group]), world)
+        at = 0
+        for p in group:
+            p.grad.copy_(flat[at : at + p.grad.numel()].view_as(p.grad))
+            at += p.grad.numel()
 
 
 def _summary(kind, n, steps, first, history, t0) -> dict:
@@ -114,11 +174,13 @@ def _previous(ref_model, model, prompts, prompt_ids, table, pad):
     elif callable(ref_model):
         prev = ref_model(list(prompts))
     else:
+
+        def score(batch):
+            return table_logprobs(model, [prompt_ids[i] for i in batch], table, pad).float().cpu()
+
         prev = torch.zeros(len(prompt_ids), len(table.trie))
         with _EvalMode(model):
-            for batch in length_batches(prompt_ids, 16):
-                lp = table_logprobs(model, [prompt_ids[i] for i in batch], table, pad)
-                prev[batch] = lp.float().cpu()
+            score_batches(prev, length_batches(prompt_ids, 16), score)
     prev = torch.as_tensor(prev, dtype=torch.float32).cpu()
     if prev.shape != (len(prompts), len(table.trie)):
         raise ValueError(
@@ -206,7 +268,7 @@ def train_novelty(
             logits = forward_tail(model, seqs, len(targets[pos[0]]) + 1, pad)
             labels = torch.tensor([[IGNORE] + targets[i] for i in pos], device=logits.device)
             sft = sft_loss(logits, labels)
-            loss, stats["sft"] = sft * len(pos) / len(idx), float(sft.detach())
+            loss, stats["sft"] = sft * len(pos) / len(idx), (float(sft.detach()), len(pos))
             if prev is not None:
                 new.append(
                     _cluster_logprobs(model, logits, [prompt_ids[i] for i in pos], table, pad)
@@ -217,12 +279,12 @@ def train_novelty(
             p = torch.log_softmax(lp.float(), -1).gather(1, cols[:, None])[:, 0].exp()
             ul = -torch.log1p(-p.clamp(max=1 - 1e-6)).mean()
             loss = loss + neg_weight * ul * len(neg) / len(idx)
-            stats["unlikelihood"] = float(ul.detach())
+            stats["unlikelihood"] = (float(ul.detach()), len(neg))
             if prev is not None:
                 new.append(lp)
         if prev is not None:
             kl = kl_to_previous(torch.cat(new), prev[pos + neg].to(new[0].device))
-            loss, stats["kl"] = loss + kl_weight * kl, float(kl.detach())
+            loss, stats["kl"] = loss + kl_weight * kl, (float(kl.detach()), len(idx))
         return loss, stats
 
     steps, first, history = _loop(model, [len(p) for p in prompt_ids], step_fn=step, **loop)
@@ -273,7 +335,7 @@ def _train_dpo(model, tokenizer, pairs, table, ref_model, beta, t0, loop) -> dic
         rc, rr = ref_c[idx].to(lp.device), ref_r[idx].to(lp.device)
         loss = dpo_loss(pc, pr, rc, rr, beta)
         acc = ((pc - rc) > (pr - rr)).float().mean()
-        return loss, {"dpo_accuracy": float(acc)}
+        return loss, {"dpo_accuracy": (float(acc), len(idx))}
 
     steps, first, history = _loop(model, [len(p) for p in prompt_ids], step_fn=step, **loop)
     out = _summary("dpo", len(pairs), steps, first, history, t0)
@@ -309,7 +371,7 @@ def train_relevance(
         y = labels[idx].to(pair.device)
         loss = relevance_loss(pair, y)
         acc = (((pair[:, 0] > pair[:, 1]).float()) == y).float().mean()
-        return loss, {"accuracy": float(acc)}
+        return loss, {"accuracy": (float(acc), len(idx))}
 
     steps, first, history = _loop(
         model,

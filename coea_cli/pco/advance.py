@@ -1,13 +1,15 @@
 """One round on a track, from its state to the next: the round's folder written atomically,
 then the state (written last, so a round only counts once it is complete). Used by
-`pco-round` and by the simulator."""
+`pco-round` and by the simulator. Under torchrun every rank runs the round and builds the same
+state; rank 0 alone writes, and the others wait for it before reading what it wrote."""
 
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
-from coea_cli import console, store
+from coea_cli import console, dist, store
 from coea_cli.llm.context import Prompter, World
 from coea_cli.llm.models import LLMSpec, load_model
 from coea_cli.options import PcoOptions
@@ -21,6 +23,7 @@ def advance(
 ) -> dict:  # fmt: skip
     """Run round k (0: initial training) and return the track's new state. With
     `report_test`, the round's metrics include the evaluation-only test-period figures."""
+    rank, size = dist.current()
     folder = track.round_dir(k)
     inputs = _inputs(ws, track, state if k > 0 else None, spec)
     st = store.Stage(
@@ -33,7 +36,7 @@ def advance(
         root=ws.root,
         started=started or time.time(),
     )
-    with st.write() as tmp:
+    with st.write() if rank == 0 else nullcontext(folder) as tmp:
         if k == 0:
             metrics = RoundZero(world, track, spec, o, tmp).run()
             metrics["accepted"] = True
@@ -45,10 +48,12 @@ def advance(
             novelty = metrics["novelty_path"] if metrics["accepted"] else cur["novelty"]
             relevance = metrics["relevance_path"] if metrics["accepted"] else cur["relevance"]
         if report_test:
+            dist.barrier(size)  # rank 0 has written the adapters
             model, tok = load_model(spec, Path(track.root) / novelty, False)
             prompter = Prompter(world, o.template_dir, spec.backbone)
             metrics["test"] = report_on_test_period(world, model, tok, prompter, use_dsie=o.dsie)
-        store.write_json(track.round_file(k, "metrics", tmp), metrics)
+        if rank == 0:
+            store.write_json(track.round_file(k, "metrics", tmp), metrics)
     verdict = "accepted" if metrics["accepted"] else "rejected: previous adapters stay current"
     console.log(f"round {k} {verdict}")
     history = [h for h in (state or {}).get("history", []) if h["round"] < k]
@@ -67,7 +72,9 @@ def advance(
         "serving": serving.to_dict(),
         "history": [*history, entry],
     }
-    track.save_state(new_state)  # last: the round only counts once this is written
+    if rank == 0:
+        track.save_state(new_state)  # last: the round only counts once this is written
+    dist.barrier(size)  # the next round reads this one's adapters and examples
     return new_state
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from coea_cli import console
+from coea_cli import console, dist
 from coea_cli.llm.backbone import check_model_folder
 from coea_cli.llm.context import World
 from coea_cli.options import PcoOptions
@@ -13,14 +13,24 @@ from coea_cli.workspace import Workspace
 
 def ensure_backbone(ws: Workspace, world: World, o: PcoOptions, seed: int) -> Path:
     """The base model folder; the scratch backbone is built (and pre-trained) on first use
-    from the item texts, cluster descriptions, personas and period-0 SID histories."""
+    from the item texts, cluster descriptions, personas and period-0 SID histories.
+
+    Under torchrun rank 0 alone builds it while the others wait; then every rank continues
+    from rank 0's torch random state, as one process continues from the build's."""
     if o.base_model != "scratch":
         return check_model_folder(o.base_model, "--base-model")
+    rank, size = dist.current()
+    out = ws.backbone
+    if rank == 0 and not (out / "config.json").is_file():
+        _build(ws, world, o, seed, out)
+    dist.barrier(size)
+    dist.share_rng(0, size)
+    return out
+
+
+def _build(ws: Workspace, world: World, o: PcoOptions, seed: int, out: Path) -> None:
     from coea_cli.llm.scratch import ScratchSpec, build_scratch_backbone
 
-    out = ws.backbone
-    if (out / "config.json").is_file():
-        return out
     sids = ws.sids()
     sid_of = sids.strings()
     texts = [t for t in ws.item_texts() if t]
@@ -43,4 +53,3 @@ def ensure_backbone(ws: Workspace, world: World, o: PcoOptions, seed: int) -> Pa
             sid_tokens=sids.layout.tokens(),
             progress=lambda step, total, loss: advance(1, loss=loss),
         )
-    return out

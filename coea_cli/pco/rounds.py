@@ -4,7 +4,9 @@
     RoundK:    setup -> generate -> verify -> finetune -> update_relevance -> reevaluate -> save
 
 A round writes its adapters and its folder `out` (a temporary folder the caller swaps in);
-the caller writes the track's state last, so a round only counts once it is complete.
+the caller writes the track's state last, so a round only counts once it is complete. Under
+torchrun every rank runs every step (the LLM passes are shared among them) and rank 0 alone
+writes.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from coea_cli import console, store
+from coea_cli import console, dist, store
 from coea_cli.errors import BadInput
 from coea_cli.llm.context import Prompter, World, cluster_popularity
 from coea_cli.llm.models import LLMSpec, load_model
@@ -56,9 +58,17 @@ def _examples_table(prompts: list[str], targets: list[Cluster], kind: str) -> pa
 
 
 def _save(model, tok, folder: Path) -> None:
+    """Save an adapter (rank 0 only under torchrun)."""
     from coea_cli.llm.backbone import save_adapter
 
-    save_adapter(model, folder, tok)
+    if dist.current()[0] == 0:
+        save_adapter(model, folder, tok)
+
+
+def _write(path: Path, table: pa.Table) -> None:
+    """Write one of the round's tables (rank 0 only under torchrun)."""
+    if dist.current()[0] == 0:
+        store.write_parquet(path, table)
 
 
 @dataclass
@@ -195,7 +205,7 @@ class RoundZero(RoundBase):
 
     def save(self) -> None:
         table = _examples_table(self.prompts, [t.target for t in self.train], "round0")
-        store.write_parquet(self.track.round_file(0, "examples", self.out), table)
+        _write(self.track.round_file(0, "examples", self.out), table)
 
 
 # ---------------------------------------------------------------- round k
@@ -438,15 +448,15 @@ class RoundK(RoundBase):
                 "engaged": pa.array(self.engaged),
             }
         )
-        store.write_parquet(track.round_file(k, "candidates", self.out), cand)
+        _write(track.round_file(k, "candidates", self.out), cand)
         keep = self.pos | self.neg
         labels = pa.array(self.pos[keep].astype(np.int8))
-        store.write_parquet(
+        _write(
             track.round_file(k, "verified", self.out),
             cand.filter(pa.array(keep)).append_column("label", labels),
         )
         table = _examples_table(self.new_prompts, self.new_targets, f"round{k}")
-        store.write_parquet(track.round_file(k, "examples", self.out), table)
+        _write(track.round_file(k, "examples", self.out), table)
 
     def metrics(self) -> dict:
         return {

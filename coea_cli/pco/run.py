@@ -1,10 +1,16 @@
-"""The `pco-round` command: advance a track by whole rounds, safely under cron."""
+"""The `pco-round` command: advance a track by whole rounds, safely under cron.
+
+Under `torchrun` every rank runs the same rounds: the LLM fine-tuning, sampling and scoring
+are shared among them (see `llm/train.py`, `llm/decoding.py`); rank 0 alone holds the
+workspace lock, builds the scratch backbone and writes every artifact, and the others wait
+for it at barriers, so every rank ends with the same state and returns the same summary.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from coea_cli import console, store
+from coea_cli import console, dist, store
 from coea_cli.common import Ctx
 from coea_cli.errors import BadInput
 from coea_cli.llm.context import World
@@ -92,10 +98,20 @@ def check_same_training(state: dict | None, new: Serving, track: Track) -> None:
 
 
 def run_pco(ctx: Ctx[PcoOptions]) -> dict:
+    rank, size, _ = dist.init_distributed(ctx.device)
+    try:
+        return _run(ctx, rank, size)
+    finally:
+        dist.close(size)
+
+
+def _run(ctx: Ctx[PcoOptions], rank: int, size: int) -> dict:
     o = ctx.opts
     ws = ctx.ws
     track = ws.track(o.track)
-    with store.workspace_lock(ctx.work, "pco-round"):
+    # rank 0 alone holds the lock (a second holder would be refused); the others start once
+    # it does, and the state they read cannot change under them
+    with dist.on_rank0(store.workspace_lock(ctx.work, "pco-round"), rank, size):
         world = World.load(ws)
         state = start_state(ws, track, context_name(o))
         todo = plan(state, world.test_period, o.rounds, o.round)
