@@ -139,3 +139,19 @@ def on_rank0(make: AbstractContextManager, rank: int, world: int):
                 err.exit_code = failed[1]
                 raise err
         yield
+
+
+@contextmanager
+def rank0_write(stage):
+    """`stage.write()` on rank 0; on the other ranks a scratch folder thrown away after, so a
+    command runs the same code on every rank and only rank 0's output lands."""
+    rank, _ = current()
+    if rank == 0:
+        with stage.write() as tmp:
+            yield tmp
+        return
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="coea-rank-") as tmp:
+        yield Path(tmp)

@@ -546,3 +546,46 @@ def test_evaluate_is_a_noop_when_up_to_date_and_reruns_with_force(trained, tmp_p
     assert report.stat().st_mtime_ns != before
     r = coea("evaluate", "--ks", "5,10", "--mmr-lambda", 0.3, "--work", w, "--verbose")
     assert r.code == 0 and "eval: running (options changed: mmr_lambda)" in r.stderr
+
+
+def _serve(work: str, port: int) -> dict:
+    """recommend then evaluate in this process (a rank under torchrun)."""
+    import os
+
+    out = {}
+    for i, cmd in enumerate(("recommend", "evaluate")):
+        os.environ["MASTER_PORT"] = str(port + i)  # each command joins its own group
+        r = coea(cmd, "--force", "--json", "--work", work)
+        if r.code != 0:  # exit non-zero: spawn then stops the other rank
+            raise RuntimeError(f"{cmd}: exit {r.code}\n{r.stderr}")
+        out[cmd] = r.stdout
+    return out
+
+
+def test_recommend_and_evaluate_under_torchrun_match_one_process(trained, tmp_path):
+    """Two gloo processes share the LLM passes of recommend and evaluate: the lists and the
+    report equal one process's; rank 0 alone writes and prints."""
+    import socket
+
+    from tests.test_pco_dist import _two
+
+    one, two = _copy(trained, tmp_path / "one"), _copy(trained, tmp_path / "two")
+    for cmd in ("recommend", "evaluate"):
+        r = coea(cmd, "--force", "--work", one)
+        assert r.code == 0, r.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    runs = _two(tmp_path, _serve, str(two), port + 1, join=False)
+    assert runs[1] == {"recommend": "", "evaluate": ""}  # rank 1 prints nothing
+    a, b = _recs(one / "recs"), _recs(two / "recs")
+    for col in ("user_id", "rank", "item_id", "cluster", "source"):
+        assert a[col].to_pylist() == b[col].to_pylist(), col
+    np.testing.assert_allclose(a["score"].to_numpy(), b["score"].to_numpy(), rtol=1e-5)
+    ra, rb = (store.read_json(w / "eval" / "report.json") for w in (one, two))
+    assert ra["systems"].keys() == rb["systems"].keys()
+    for name, row in ra["systems"].items():
+        for key, value in row.items():
+            if isinstance(value, float):
+                assert rb["systems"][name][key] == pytest.approx(value, rel=1e-6), (name, key)
+    assert json.loads(runs[0]["evaluate"])["comparisons"].keys() == ra["comparisons"].keys()

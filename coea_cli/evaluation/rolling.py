@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from coea_cli import console, metrics, store
+from coea_cli import console, dist, metrics, store
 from coea_cli.common import Ctx
 from coea_cli.evaluation import systems
 from coea_cli.evaluation.report import clean, comparison_table, markdown_rows
@@ -78,7 +78,7 @@ def run_rolling(ctx: Ctx[EvaluateOptions], serve, seed: int) -> dict:
         "validation": validation,
         "seconds": {"total": round(time.time() - t0, 1), "per_period": seconds},
     }
-    with st.write() as tmp:
+    with dist.rank0_write(st) as tmp:
         report = clean(report)
         store.write_json(ws.rolling.file("report", tmp), report)
         text = markdown(report, markdown_rows, comparison_table)

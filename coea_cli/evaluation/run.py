@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from coea_cli import console, metrics, store
+from coea_cli import console, dist, metrics, store
 from coea_cli.common import Ctx
 from coea_cli.evaluation import plots, systems
 from coea_cli.evaluation.report import clean, markdown
@@ -20,6 +20,18 @@ from coea_cli.workspace import MAIN, Workspace, read_json
 
 
 def run_evaluate(ctx: Ctx[EvaluateOptions]) -> dict | None:
+    """Under torchrun every rank scores the systems, the LLM passes shared among them
+    (`llm/decoding.py`); rank 0 alone writes and prints."""
+    rank, size, _ = dist.init_distributed(ctx.device)
+    try:
+        result = _evaluate(ctx, rank)
+        dist.barrier(size)
+        return result
+    finally:
+        dist.close(size)
+
+
+def _evaluate(ctx: Ctx[EvaluateOptions], rank: int) -> dict | None:
     o = ctx.opts
     ws = ctx.ws
     ks = o.cutoffs()
@@ -27,7 +39,7 @@ def run_evaluate(ctx: Ctx[EvaluateOptions]) -> dict | None:
     if o.recs is not None:
         from coea_cli.evaluation.external import run_external
 
-        return run_external(ctx)
+        return run_external(ctx) if rank == 0 else None  # no LLM to share
     console.log(metrics.protocol(ks))
     main = ws.track(MAIN).require_state()
     test = int(ws.dataset()["test_period"])
@@ -37,7 +49,8 @@ def run_evaluate(ctx: Ctx[EvaluateOptions]) -> dict | None:
         report = run_rolling(ctx, *serving_options(ws))
         if ctx.json:
             return report
-        console.out.print(rolling_text(ws), markup=False)
+        if rank == 0:
+            console.out.print(rolling_text(ws), markup=False)
         return None
     stored = stored_lists(ws, main, test, k_max)
     st = ctx.stage(ws.eval.path, _inputs(ws))
@@ -45,7 +58,8 @@ def run_evaluate(ctx: Ctx[EvaluateOptions]) -> dict | None:
         report = read_json(ws.eval.require("report"), "evaluate")
         if ctx.json:
             return report
-        console.out.print(markdown(report), markup=False)
+        if rank == 0:
+            console.out.print(markdown(report), markup=False)
         return None
     t0 = time.time()
     engine = Engine(ws, test, ctx.device)
@@ -70,14 +84,15 @@ def run_evaluate(ctx: Ctx[EvaluateOptions]) -> dict | None:
         "new_interest_rate_7d": _nir(engine.world, test, ev.users, ev.history),
         "seconds": round(time.time() - t0, 1),
     }
-    with st.write() as tmp:
+    with dist.rank0_write(st) as tmp:
         store.write_json(ws.eval.file("report", tmp), clean(report))
         ws.eval.file("markdown", tmp).write_text(markdown(report), encoding="utf-8")
         plots.rounds_png(rounds, ws.eval.file("rounds", tmp))
         plots.tradeoff_png(report["systems"], ws.eval.file("tradeoff", tmp))
     if ctx.json:
         return clean(report)
-    console.out.print(markdown(report), markup=False)
+    if rank == 0:
+        console.out.print(markdown(report), markup=False)
     return None
 
 

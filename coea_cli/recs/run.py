@@ -1,4 +1,5 @@
-"""The `recommend` command: top-K lists for every user into LMDB and Parquet, or one lookup."""
+"""The `recommend` command: top-K lists for every user into LMDB and Parquet, or one lookup;
+under torchrun too (see `run_recommend`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from coea_cli import console, store
+from coea_cli import console, dist, store
 from coea_cli.common import Ctx
 from coea_cli.errors import ArtifactError, BadInput
 from coea_cli.options import RecommendOptions
@@ -47,15 +48,32 @@ def lookup(ws: Workspace, user: str, out: Dir) -> dict:
     return {"user": user, **made, "recommendations": rows}
 
 
-def run_recommend(ctx: Ctx[RecommendOptions]) -> dict:
+def run_recommend(ctx: Ctx[RecommendOptions]) -> dict | None:
+    """Under torchrun every rank builds the lists, the LLM passes shared among them
+    (`llm/decoding.py`); rank 0 alone writes, the others wait for it."""
+    o = ctx.opts
+    ws = ctx.ws
+    out = ws.recs(o.shard_spec())
+    rank, size, _ = dist.init_distributed(ctx.device)
+    try:
+        if o.user is not None or o.merge_shards is not None:  # no model: rank 0 alone
+            result = None
+            if rank == 0:
+                if o.user is not None:
+                    result = lookup(ws, str(o.user), out)
+                else:
+                    result = merge_shards(ctx, o.merge_shards)
+            dist.barrier(size)
+            return result
+        return _recommend(ctx, out, rank, size)
+    finally:
+        dist.close(size)
+
+
+def _recommend(ctx: Ctx[RecommendOptions], out: Dir, rank: int, size: int) -> dict:
     o = ctx.opts
     ws = ctx.ws
     shard = o.shard_spec()
-    out = ws.recs(shard)
-    if o.user is not None:
-        return lookup(ws, str(o.user), out)
-    if o.merge_shards is not None:
-        return merge_shards(ctx, o.merge_shards)
     test = int(ws.dataset()["test_period"])
     before = test + 1 if o.latest else test if o.before_period is None else o.before_period
     if before > test + 1:
@@ -91,15 +109,17 @@ def run_recommend(ctx: Ctx[RecommendOptions]) -> dict:
         "shard": o.shard,
         "seconds": {**{k: round(v, 2) for k, v in result["seconds"].items()}},
     }
-    with st.write() as tmp:
-        lists = recs_store.Lists.from_dict(result["lists"])
-        meta = recs_store.new_meta(**made, shard=o.shard)
-        write_s = _write(ws, tmp, lists, meta)
-        report["generation"] = meta["generation"]
-        report["seconds"] |= {"write": round(sum(write_s.values()), 2)}
-        report["seconds"]["total"] = round(time.time() - t0, 2)
-        report["users_per_second"] = len(users) / max(1e-9, t1 - t0)
-        store.write_json(out.file("report", tmp), report)
+    if rank == 0:
+        with st.write() as tmp:
+            lists = recs_store.Lists.from_dict(result["lists"])
+            meta = recs_store.new_meta(**made, shard=o.shard)
+            write_s = _write(ws, tmp, lists, meta)
+            report["generation"] = meta["generation"]
+            report["seconds"] |= {"write": round(sum(write_s.values()), 2)}
+            report["seconds"]["total"] = round(time.time() - t0, 2)
+            report["users_per_second"] = len(users) / max(1e-9, t1 - t0)
+            store.write_json(out.file("report", tmp), report)
+    report = dist.broadcast(report, 0, size)  # the others wait for the write
     console.log(
         f"recommended {o.k} items to {len(users):,} users in {report['seconds']['total']:.1f} s "
         f"(ranking: {report['weights']}; {variant.name}, round {variant.round})"
