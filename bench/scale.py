@@ -286,14 +286,16 @@ class Pipeline:
                 (f"{tag}-shard{i}", [*COEA, *base, "--shard", f"{i}/{n}"], each) for i in range(n)
             ]
             r = self._measure(shards)
-            merge = self._measure([(f"{tag}-merge", [*COEA, *base, "--merge-shards", str(n)], 1)])
-            row.update(procs=n, shards_wall=r["wall"], merge_wall=merge["wall"])
-            row.update(
-                wall=r["wall"] + merge["wall"], cpu=r["cpu"] + merge["cpu"],
-                max_rss=max(r["max_rss"], merge["max_rss"]),
-                rc=r["rc"] or merge["rc"], **({"error": r.get("error") or merge.get("error")}
-                                             if r["rc"] or merge["rc"] else {}),
-            )  # fmt: skip
+            row.update(procs=n, shards_wall=r["wall"], merge_wall=0.0, **r)
+            if r["rc"] == 0:
+                merge = [*COEA, *base, "--merge-shards", str(n)]
+                m = self._measure([(f"{tag}-merge", merge, self.threads)])
+                row.update(
+                    merge_wall=m["wall"], wall=r["wall"] + m["wall"], cpu=r["cpu"] + m["cpu"],
+                    max_rss=max(r["max_rss"], m["max_rss"]), rc=m["rc"],
+                )  # fmt: skip
+                if "error" in m:
+                    row["error"] = m["error"]
         else:
             row.update(self._measure([(tag, [*COEA, *base], self.threads)]))
         if row["rc"] != 0 and row["procs"] > 1:
