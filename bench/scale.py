@@ -228,8 +228,9 @@ def periods(rounds: int) -> str:
 class Pipeline:
     """One workspace: runs the steps in order, each in measured child processes."""
 
-    def __init__(self, work: Path, procs: int, threads: int):
+    def __init__(self, work: Path, procs: int, threads: int, on_step=None):
         self.work, self.procs, self.threads = work, procs, threads
+        self.on_step = on_step or (lambda row: None)
         self.logs = work.parent / f"{work.name}-logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict] = []
@@ -305,6 +306,7 @@ class Pipeline:
             row.update(procs=1, **self._measure([(f"{tag}-1proc", [*COEA, *base], self.threads)]))
         if row["rc"] != 0:
             self.broken = f"{name} failed"
+        self.on_step(row)
         return row
 
 
@@ -331,8 +333,10 @@ def dsie_epochs_seconds(work: Path, out: str) -> float | None:
         return None
 
 
-def run_pipeline(raw: Path, work: Path, procs: int, threads: int, epochs: int, rounds: int):
-    p = Pipeline(work, procs, threads)
+def run_pipeline(
+    raw: Path, work: Path, procs: int, threads: int, epochs: int, rounds: int, on_step=None
+):
+    p = Pipeline(work, procs, threads, on_step)
     split = ["--periods", periods(rounds)]
     p.step("prepare", ["prepare", "--source", str(raw), "--format", "ml-1m", *split])
     test = None
@@ -518,16 +522,25 @@ def main(argv: list[str] | None = None) -> int:
                 work = a.out / f"s{s}" / f"procs{n}"
                 if work.exists():
                     shutil.rmtree(work)
-                steps, test = run_pipeline(raw, work, n, threads, a.epochs, a.rounds)
                 run = {
-                    "scale": s, "procs": n, "log": log, "test_period": test,
-                    "prepared": prepared_counts(work), "epochs": a.epochs,
-                    "rounds": a.rounds, "threads": threads, "steps": steps,
+                    "scale": s, "procs": n, "log": log, "test_period": None, "prepared": None,
+                    "epochs": a.epochs, "rounds": a.rounds, "threads": threads, "steps": [],
                 }  # fmt: skip
                 results["runs"].append(run)
+
+                def progress(row, run=run):
+                    # A long run leaves its measurements behind as it goes.
+                    run["steps"].append(row)
+                    wall = f"{row['wall']:.1f} s" if "wall" in row else "not run"
+                    print(f"  {row['step']}: {wall} {row.get('error', '')}", file=sys.stderr)
+                    if a.json:
+                        a.json.write_text(json.dumps(results, indent=2))
+
+                steps, run["test_period"] = run_pipeline(
+                    raw, work, n, threads, a.epochs, a.rounds, progress
+                )
+                run.update(steps=steps, prepared=prepared_counts(work))
                 print(table(run) + "\n", flush=True)
-                if a.json:
-                    a.json.write_text(json.dumps(results, indent=2))
         for n in procs:
             text = linearity(results["runs"], n)
             if text:
