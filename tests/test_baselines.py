@@ -18,7 +18,7 @@ import pytest
 from coea_cli.evaluation import systems
 from coea_cli.llm.context import World
 from coea_cli.recs.engine import Engine
-from coea_cli.recs.lists import DRAW, FILL, SOURCES, Weights, clusters_to_items
+from coea_cli.recs.lists import DRAW, FILL, SOURCES, clusters_to_items
 from coea_cli.workspace import History
 
 ITEM_CLUSTER = np.array([0, 0, 0, 1, 1, 1, 2, 2, 3, 3])
@@ -90,13 +90,12 @@ def test_slot_shares():
 
 
 def test_mixed_unexplored_moves_from_dsie_to_popularity():
-    """The rule without LLMs under `Weights(0, 0, mix)`: mix 0 is DSIE over every new cluster,
+    """The rule without LLMs (`Weights(0, 0, mix)`): mix 0 is DSIE over every new cluster,
     mix 1 popularity over them, and a mix in between ranks by the mixed standardised scores."""
     e = engine()
 
     def mixed(mix, k=6):
-        w = Weights(0.0, 0.0, mix)
-        return e.rank_inside(USERS, lambda u: systems.all_unexplored(e, u), k, 1, 1.0, weights=w)
+        return systems.mixed_unexplored(e, USERS, k, mix)
 
     dsie, pop = systems.unexplored(e, USERS, 6), systems.unexplored(e, USERS, 6, "popularity")
     assert all(items(mixed(0.0), u) == items(dsie, u) for u in USERS)

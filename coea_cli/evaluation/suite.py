@@ -8,7 +8,6 @@ from coea_cli.evaluation import systems
 from coea_cli.evaluation.table import HEADLINE, Events, Scores
 from coea_cli.options import ServeOptions
 from coea_cli.recs.engine import Engine
-from coea_cli.recs.lists import Weights
 
 RANDOM_DRAWS = 10  # the random baseline is averaged over this many draws
 
@@ -21,9 +20,9 @@ SIMPLE = (STRONG, "Popularity unexplored", MIXED, "Popular unexplored", "Random 
 
 def baselines(
     scores: Scores, engine: Engine, ev: Events, serve: ServeOptions, k: int, seed: int,
-    mmr_lambda: float, rule: Weights | None = None,
+    mmr_lambda: float, rule=None,
 ) -> None:  # fmt: skip
-    """Every system without an LLM, each with what it isolates. `rule`: the setting without
+    """Every system without an LLM, each with what it isolates. `rule`: the `Weights` without
     the LLMs chosen on the validation period (recs.tune; None: DSIE alone)."""
     u, m, r = ev.users, serve.top_m, serve.explore_ratio
     scores.add("Popularity", ev, systems.popularity(engine, u, k),
@@ -43,9 +42,7 @@ def baselines(
     scores.add("Popularity unexplored", ev, systems.from_lists(lists, u, k),
                "the K most popular unseen items of clusters new to the user: the rule without "
                "DSIE", lists)  # fmt: skip
-    mix = Weights(0.0, 0.0, rule.popularity if rule is not None else 0.0)
-    lists = engine.rank_inside(u, lambda x: systems.all_unexplored(engine, x), k, 1, 1.0,
-                               weights=mix)  # fmt: skip
+    lists = systems.mixed_unexplored(engine, u, k, rule.popularity if rule is not None else 0.0)
     scores.add(MIXED, ev, systems.from_lists(lists, u, k),
                "every cluster new to the user, items by DSIE and popularity mixed (popularity's "
                "share chosen on the validation period with the LLM weights at 0; DSIE alone "

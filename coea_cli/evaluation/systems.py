@@ -13,6 +13,7 @@ import numpy as np
 from coea_cli.llm.context import cluster_popularity
 from coea_cli.recs.candidates import Candidate
 from coea_cli.recs.engine import Engine
+from coea_cli.recs.lists import Weights
 
 
 def _mask_seen(scores: np.ndarray, engine: Engine, users: np.ndarray) -> np.ndarray:
@@ -119,6 +120,14 @@ def unexplored(engine: Engine, users: np.ndarray, k: int, inside: str = "dsie") 
     cluster choice)."""
     n = len(engine.items_of)
     return engine.rank_inside(users, lambda u: all_unexplored(engine, u), k, n, 1.0, inside)
+
+
+def mixed_unexplored(engine: Engine, users: np.ndarray, k: int, popularity: float) -> dict:
+    """The top K over every cluster new to the user by DSIE's and popularity's standardised
+    scores mixed, popularity's share `popularity` (the ranking of `Weights` without the
+    LLMs)."""
+    n, w = len(engine.items_of), Weights(0.0, 0.0, popularity)
+    return engine.rank_inside(users, lambda u: all_unexplored(engine, u), k, n, 1.0, weights=w)
 
 
 def popular_unexplored(
