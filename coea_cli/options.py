@@ -700,8 +700,9 @@ class ServeOptions(Options):
     n: int = opt(10, "Novelty samples per serving key.", ge=1, flag="--n")
     top_m: int = opt(
         3,
-        "Novel clusters kept per user: the Relevance LLM's best of the n draws the user does "
-        "not know yet, then the Novelty LLM's next most likely clusters.",
+        "Novel clusters kept per user by the top-m rule (--weights top-m, or a period with no "
+        "validation period): the Relevance LLM's best of the n draws the user does not know "
+        "yet, then the Novelty LLM's next most likely clusters.",
         ge=1,
     )
     temperature: float = opt(1.0, "Novelty sampling temperature.", gt=0)
