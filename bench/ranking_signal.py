@@ -29,7 +29,7 @@ from coea_cli import metrics  # noqa: E402
 from coea_cli.evaluation.stored import serving_options  # noqa: E402
 from coea_cli.evaluation.suite import events_at  # noqa: E402
 from coea_cli.llm.context import World, cluster_popularity  # noqa: E402
-from coea_cli.recs.engine import Engine, _z, track_variant  # noqa: E402
+from coea_cli.recs.engine import Engine, standardised, track_variant  # noqa: E402
 from coea_cli.workspace import MAIN, Workspace  # noqa: E402
 
 COLUMNS = ("dsie", "pop", "log_p_novelty", "relevance_logit", "judged", "cluster_pop", "size")
@@ -53,7 +53,7 @@ def period_rows(ws: Workspace, world: World, track: str, k: int, serve, seed: in
     ev = events_at(eng, k)
     variant = track_variant(ws, ws.track(track), "cpu", seed, before=k)
     cands = eng.candidates(ev.users, variant, serve, seed)
-    dsie, pop = _z(eng.dsie_scores(ev.users)), _z(eng.popularity)
+    dsie, pop = standardised(eng.dsie_scores(ev.users)), standardised(eng.popularity)
     cpop = np.log1p(cluster_popularity(world, k))
     rows = []
     for r, u in enumerate(ev.users.tolist()):

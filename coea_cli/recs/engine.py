@@ -146,13 +146,15 @@ class Engine:
         for start in range(0, len(users), 1024):
             chunk = np.asarray(users[start : start + 1024], dtype=np.int64)
             if inside == "popularity":
-                pop = self.popularity if weights is None else _z(self.popularity)
+                pop = self.popularity if weights is None else standardised(self.popularity)
                 block = np.broadcast_to(pop, (len(chunk), w.n_items))
             elif weights is None:
                 block = self.dsie_scores(chunk)
             else:
                 mix = weights.popularity
-                block = (1 - mix) * _z(self.dsie_scores(chunk)) + mix * _z(self.popularity)
+                block = (1 - mix) * standardised(self.dsie_scores(chunk)) + mix * standardised(
+                    self.popularity
+                )
             for row, u in zip(block, chunk, strict=True):
                 fam = set(self.familiar(u).tolist())
                 lists[int(u)] = user_list(
@@ -199,7 +201,7 @@ class Engine:
         return {"lists": lists, "candidates": cands, "seconds": {"llm": t1 - t0, "lists": t2 - t1}}
 
 
-def _z(x: np.ndarray) -> np.ndarray:
+def standardised(x: np.ndarray) -> np.ndarray:
     """Standardised along the last axis (items)."""
     x = np.asarray(x, dtype=np.float64)
     sd = x.std(axis=-1, keepdims=True)
