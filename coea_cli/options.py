@@ -678,10 +678,21 @@ class PcoOptions(Options):
     dsie: bool = opt(
         True, "Give the LLMs persona and long-term context (--no-dsie: recent window only)."
     )
+    persona: bool = opt(
+        True,
+        "Give the LLMs the user's group persona (--no-persona: the long-term context without "
+        "it; the group-identity ablation, e.g. `--track nopersona --no-persona`).",
+    )
     template_dir: str | None = opt(
         None, "Folder with novelty.txt / relevance.txt prompt templates."
     )
     dry_run: bool = opt(False, "Print the plan and exit.", recorded=False)
+
+    def context(self) -> str:
+        """The prompts' context, one of `llm.context.CONTEXTS`."""
+        if not self.dsie:
+            return "recent"
+        return "full" if self.persona else "no-persona"
 
     def check(self) -> None:
         if self.tau_neg > self.tau_pos:

@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 
-from coea_cli.llm.context import World, banned, cluster_popularity, context_of
+from coea_cli.llm.context import CONTEXTS, World, banned, cluster_popularity, context_of
 from coea_cli.pco.examples import (
     period_users,
     relevance_labels,
@@ -210,25 +210,32 @@ def test_context_of_hand_with_dsie():
 def test_context_of_hand_without_dsie():
     w = make_world()
     hist = np.array([0, 2, 1, 4, 7])  # clusters 0 1 0 2 4
-    ctx = context_of(w, 0, hist, use_dsie=False, short_window=3)
+    ctx = context_of(w, 0, hist, context="recent", short_window=3)
     # window = clusters 0 2 4: cluster 1 (older) is neither recent nor familiar
     assert ctx.persona == ""
     assert ctx.recent == [(0,), (2,), (4,)]
     assert ctx.familiar == [(0,), (2,), (4,)]
-    ctx = context_of(w, 0, hist, use_dsie=False, short_window=3, recent=1)
+    ctx = context_of(w, 0, hist, context="recent", short_window=3, recent=1)
     assert ctx.recent == [(4,)]
     assert ctx.familiar == [(0,), (2,), (4,)]
     # the short window does not apply with DSIE
-    ctx = context_of(w, 0, hist, use_dsie=True, short_window=3)
+    ctx = context_of(w, 0, hist, context="full", short_window=3)
     assert ctx.familiar == [(1,), (0,), (2,), (4,)]
+    # without the persona: the same long-term context, no persona
+    bare = context_of(w, 1, hist, context="no-persona", short_window=3)
+    full = context_of(w, 1, hist, context="full", short_window=3)
+    assert full.persona == "family viewers" and bare.persona == ""
+    assert (bare.recent, bare.familiar) == (full.recent, full.familiar)
+    with pytest.raises(ValueError, match="unknown context 'dsie'"):
+        context_of(w, 1, hist, context="dsie")
 
 
 def test_context_of_empty_history():
     w = make_world()
-    for use_dsie in (True, False):
-        ctx = context_of(w, 3, np.zeros(0, dtype=np.int64), use_dsie=use_dsie)
+    for context in CONTEXTS:
+        ctx = context_of(w, 3, np.zeros(0, dtype=np.int64), context=context)
         assert ctx.recent == [] and ctx.familiar == []
-        assert ctx.persona == ("family viewers" if use_dsie else "")
+        assert ctx.persona == ("family viewers" if context == "full" else "")
 
 
 @settings(max_examples=60, deadline=None)
@@ -236,10 +243,10 @@ def test_context_of_empty_history():
     hist=st.lists(st.integers(0, 7), max_size=25),
     recent=st.integers(1, 6),
     short_window=st.integers(1, 12),
-    use_dsie=st.booleans(),
+    context=st.sampled_from(sorted(CONTEXTS)),
     user=st.integers(0, 4),
 )
-def test_context_of_matches_naive(hist, recent, short_window, use_dsie, user):
+def test_context_of_matches_naive(hist, recent, short_window, context, user):
     w = make_world()
     ctx = context_of(
         w,
@@ -247,18 +254,19 @@ def test_context_of_matches_naive(hist, recent, short_window, use_dsie, user):
         np.array(hist, dtype=np.int64),
         recent=recent,
         short_window=short_window,
-        use_dsie=use_dsie,
+        context=context,
     )
     clusters = [ITEM_CLUSTER[i] for i in hist]
-    shown = clusters if use_dsie else clusters[max(0, len(clusters) - short_window) :]
+    long_term = context != "recent"
+    shown = clusters if long_term else clusters[max(0, len(clusters) - short_window) :]
     exp_recent = naive_distinct_last(shown)[-recent:]
-    exp_familiar = naive_distinct_last(clusters if use_dsie else shown)
+    exp_familiar = naive_distinct_last(clusters if long_term else shown)
     assert ctx.recent == [(c,) for c in exp_recent]
     assert ctx.familiar == [(c,) for c in exp_familiar]
     assert len(ctx.recent) <= recent
     # recent is always the tail of familiar
     assert ctx.familiar[len(ctx.familiar) - len(ctx.recent) :] == ctx.recent
-    exp_persona = PERSONA.get(GROUP_OF.get(user), "") if use_dsie else ""
+    exp_persona = PERSONA.get(GROUP_OF.get(user), "") if context == "full" else ""
     assert ctx.persona == exp_persona
     assert all(type(c[0]) is int for c in ctx.recent + ctx.familiar)
 
@@ -345,7 +353,7 @@ def test_transitions_hand_window_and_caps():
     assert transitions(w, seqs, min_history=6, rng=np.random.default_rng(0)) == []
 
 
-def _find_cut(world, seq, tr, window, min_history, use_dsie):
+def _find_cut(world, seq, tr, window, min_history, context):
     """Every cut that reproduces this transition exactly, from a naive recomputation."""
     clusters = [int(world.item_cluster[i]) for i in seq]
     cuts = []
@@ -355,7 +363,7 @@ def _find_cut(world, seq, tr, window, min_history, use_dsie):
         novel = [c for c in ahead if c not in hist]
         if not novel:
             continue
-        ctx = context_of(world, tr.user, np.asarray(seq[:t]), use_dsie=use_dsie)
+        ctx = context_of(world, tr.user, np.asarray(seq[:t]), context=context)
         if (
             tr.target == (novel[0],)
             and tr.banned == {(c,) for c in hist}
@@ -373,9 +381,9 @@ def _find_cut(world, seq, tr, window, min_history, use_dsie):
     window=st.integers(1, 6),
     per_user=st.integers(1, 4),
     cap=st.integers(1, 5),
-    use_dsie=st.booleans(),
+    context=st.sampled_from(sorted(CONTEXTS)),
 )
-def test_transitions_properties(seed, min_history, window, per_user, cap, use_dsie):
+def test_transitions_properties(seed, min_history, window, per_user, cap, context):
     gen = np.random.default_rng(seed)
     n_items, n_users = 12, 6
     item_cluster = gen.integers(0, 5, n_items).tolist()
@@ -391,7 +399,7 @@ def test_transitions_properties(seed, min_history, window, per_user, cap, use_ds
         window=window,
         per_user=per_user,
         cap_per_cluster=cap,
-        use_dsie=use_dsie,
+        context=context,
         rng=np.random.default_rng(seed),
     )
     per_user_count = Counter(t.user for t in trans)
@@ -404,9 +412,9 @@ def test_transitions_properties(seed, min_history, window, per_user, cap, use_ds
         assert tr.target in tr.engaged
         assert tr.target not in tr.context.familiar
         assert set(tr.context.familiar) <= tr.banned
-        assert (tr.context.persona != "") == (use_dsie and tr.user in GROUP_OF)
+        assert (tr.context.persona != "") == (context == "full" and tr.user in GROUP_OF)
         # no leakage: some cut reproduces context, banned, target and engaged exactly
-        assert _find_cut(w, seq, tr, window, min_history, use_dsie)
+        assert _find_cut(w, seq, tr, window, min_history, context)
     # the same generator seed gives the same examples
     again = transitions(
         w,
@@ -415,7 +423,7 @@ def test_transitions_properties(seed, min_history, window, per_user, cap, use_ds
         window=window,
         per_user=per_user,
         cap_per_cluster=cap,
-        use_dsie=use_dsie,
+        context=context,
         rng=np.random.default_rng(seed),
     )
     assert [(t.user, t.target, t.banned, t.engaged) for t in again] == [
@@ -435,7 +443,7 @@ def test_transitions_no_leakage_distinct_items():
     )
     assert trans
     for tr in trans:
-        cuts = _find_cut(w, seqs.of(0).tolist(), tr, 5, 3, True)
+        cuts = _find_cut(w, seqs.of(0).tolist(), tr, 5, 3, "full")
         assert cuts, tr
         t = cuts[0]
         before = set(item_cluster[:t])
@@ -540,7 +548,8 @@ def test_period_users_hand():
     # user 3 has no history before period 2: everything is novel
     assert out[3].banned == set() and out[3].novel == {(3,)}
     assert out[3].context.familiar == [] and out[3].context.persona == "family viewers"
-    assert period_users(w, 2, use_dsie=False)[2].context.persona == ""
+    for context in ("recent", "no-persona"):
+        assert period_users(w, 2, context=context)[2].context.persona == ""  # user 3
     assert period_users(w, 7) == []
 
 

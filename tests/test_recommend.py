@@ -30,6 +30,7 @@ def trained(tmp_path_factory):
         ("pco-round", *TINY, "--rounds", 2),
         ("pco-round", *TINY, "--track", "nokl", "--no-kl"),
         ("pco-round", *TINY, "--track", "nodsie", "--no-dsie", "--rounds", 2),
+        ("pco-round", *TINY, "--track", "nopersona", "--no-persona", "--rounds", 2),
         ("recommend", "--k", 10, "--n", 4),
     ):
         r = coea(*args, "--work", work)
@@ -236,7 +237,7 @@ def test_evaluate_reports_every_system(trained):
               "Random unexplored"}  # fmt: skip
     ablations = {"CoEA round 0 (w/o PCO)", "CoEA w/o KL", "CoEA w/o DSIE", "Novelty LLM alone",
             "CoEA w/o reserve", "CoEA (full)", "CoEA, popularity inside",
-            "CoEA recent context"}  # fmt: skip
+            "CoEA recent context", "CoEA w/o group identity"}  # fmt: skip
     assert set(report["systems"]) == simple | ablations
     assert set(report["notes"]) == simple | ablations  # each says what it isolates
     for row in report["systems"].values():
@@ -252,10 +253,12 @@ def test_evaluate_reports_every_system(trained):
         assert sum(shares) == pytest.approx(1.0)
     assert rows["CoEA w/o reserve"]["share_reserve@10"] == 0.0
     assert "track nodsie, round 1" in report["notes"]["CoEA w/o DSIE"]
+    assert "track nopersona, round 1" in report["notes"]["CoEA w/o group identity"]
     assert report["notes"]["Random novel"].startswith("random unseen items")
     assert [r["round"] for r in report["rounds"]["main"]] == [0, 1]
     assert [r["round"] for r in report["rounds"]["nokl"]] == [0, 1]
     assert [r["round"] for r in report["rounds"]["nodsie"]] == [0, 1]
+    assert [r["round"] for r in report["rounds"]["nopersona"]] == [0, 1]
     for name in ("report.md", "report.json", "rounds.png", "tradeoff.png"):
         assert (trained / "eval" / name).exists()
     assert (trained / "eval" / "rounds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -321,7 +324,7 @@ def test_serving_refuses_other_sids_backbone_or_track(trained, tmp_path):
     r = coea(*args, "--work", w)
     assert r.code == 2 and "run `coea train-dsie` first" in r.stderr
     r = coea(*args, "--track", "nope", "--work", trained)
-    assert r.code == 2 and "no track 'nope' (tracks: main, nodsie, nokl)" in r.stderr
+    assert r.code == 2 and "no track 'nope' (tracks: main, nodsie, nokl, nopersona)" in r.stderr
     r = coea(*args, "--track", "../x", "--work", trained)
     assert r.code == 2 and "--track" in r.stderr
 
@@ -401,6 +404,10 @@ def test_rolling_evaluation_uses_the_models_of_each_period(trained, tmp_path):
     state = store.read_json(w / "pco" / "state.json")
     assert served["2"]["CoEA (full)"] == state["current"]["novelty"]
     assert served["1"]["CoEA w/o DSIE"] == "llm/tracks/nodsie/novelty/round-000"
+    # the group-identity ablation trains its own round 0, without the persona
+    assert served["1"]["CoEA w/o group identity"] == "llm/tracks/nopersona/novelty/round-000"
+    bare = store.read_json(w / "pco" / "tracks" / "nopersona" / "state.json")
+    assert bare["serving"]["context"] == "no-persona"
     assert set(report["comparisons"]) >= {"CoEA (full) vs DSIE unexplored"}
     # the weights of period 2 are chosen on period 1; period 1 has no validation period
     assert report["weights"]["1"] == "top-m" and report["validation"]["2"]["period"] == 1

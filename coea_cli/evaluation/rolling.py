@@ -109,6 +109,8 @@ def variants(ws: Workspace, device: str, seed: int, period: int) -> list:
          "track nodsie: no persona or long-term context, popularity inside clusters"),
         ("CoEA recent context", "nodsie", {"inside": "dsie"},
          "track nodsie (no persona or long-term context), DSIE inside clusters"),
+        ("CoEA w/o group identity", "nopersona", {},
+         "track nopersona: no group persona, long-term context, DSIE inside clusters"),
         ("Novelty LLM alone", MAIN, {"judge": False}, "main track, no Relevance best-of-n"),
         ("CoEA w/o reserve", MAIN, {"reserve": False}, "main track, the judged draws only"),
     )  # fmt: skip

@@ -129,6 +129,9 @@ def coea_variants(ws: Workspace, main: dict, device: str, seed: int) -> list:
         ("nodsie", "CoEA recent context",
          "persona and long-term context (trained and served without them; DSIE inside "
          "clusters)", "--no-dsie", {"inside": "dsie"}),
+        ("nopersona", "CoEA w/o group identity",
+         "the group persona (trained and served without it; long-term context, DSIE inside "
+         "clusters)", "--no-persona", {}),
     ):  # fmt: skip
         state = ws.track(track).state(branch=False) if track in tracks else None
         if state is not None and state["round"] > 0:

@@ -79,6 +79,13 @@ class Context:
     familiar: list[Cluster]  # every cluster seen, most recent last
 
 
+CONTEXTS = {
+    "full": "group persona and the whole history",
+    "no-persona": "the whole history, no persona (--no-persona: the group-identity ablation)",
+    "recent": "the recent window only, no persona (--no-dsie)",
+}
+
+
 def context_of(
     world: World,
     user: int,
@@ -86,22 +93,25 @@ def context_of(
     *,
     recent: int = 5,
     short_window: int = 10,
-    use_dsie: bool = True,
+    context: str = "full",
     period: int | None = None,
 ) -> Context:
     """Context from a user's item history (time order) before `period` (whose start decides
-    the user's group; None: the test period).
+    the user's group; None: the test period), of one of the `CONTEXTS`.
 
-    With `use_dsie` the prompt carries the group persona and the whole history's clusters
-    (long-term identity); without it only the short-term window is shown (the `--no-dsie`
-    ablation), though decoding still bans every cluster the user has seen.
+    "full" carries the group persona and the whole history's clusters (long-term identity);
+    "no-persona" the same clusters without the persona; "recent" only the short-term window
+    (the `--no-dsie` ablation), though decoding still bans every cluster the user has seen.
     """
+    if context not in CONTEXTS:
+        raise ValueError(f"unknown context {context!r}; expected one of {sorted(CONTEXTS)}")
     clusters = world.item_cluster[history] if len(history) else np.zeros(0, dtype=np.int64)
     familiar = distinct_last(clusters)
-    window = clusters[max(0, len(clusters) - short_window) :] if not use_dsie else clusters
+    long_term = context != "recent"
+    window = clusters if long_term else clusters[max(0, len(clusters) - short_window) :]
     shown_recent = recent_distinct(window, recent)
-    persona = world.persona_of(user, period) if use_dsie else ""
-    shown_familiar = familiar if use_dsie else distinct_last(window)
+    persona = world.persona_of(user, period) if context == "full" else ""
+    shown_familiar = familiar if long_term else distinct_last(window)
     return Context(
         user=int(user),
         persona=persona,

@@ -51,7 +51,9 @@ def advance(
             dist.barrier(size)  # rank 0 has written the adapters
             model, tok = load_model(spec, Path(track.root) / novelty, False)
             prompter = Prompter(world, o.template_dir, spec.backbone)
-            metrics["test"] = report_on_test_period(world, model, tok, prompter, use_dsie=o.dsie)
+            metrics["test"] = report_on_test_period(
+                world, model, tok, prompter, context=o.context()
+            )
         if rank == 0:
             store.write_json(track.round_file(k, "metrics", tmp), metrics)
     verdict = "accepted" if metrics["accepted"] else "rejected: previous adapters stay current"

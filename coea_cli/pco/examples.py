@@ -32,7 +32,7 @@ def transitions(
     window: int = 20,
     per_user: int = 4,
     cap_per_cluster: int = 60,
-    use_dsie: bool = True,
+    context: str = "full",
     rng: np.random.Generator,
 ) -> list[Transition]:
     """Observed novel transitions, at most `per_user` per user and `cap_per_cluster` per
@@ -60,7 +60,7 @@ def transitions(
             taken += 1
             found.append(
                 Transition(
-                    context=context_of(world, u, hist, use_dsie=use_dsie, period=1),
+                    context=context_of(world, u, hist, context=context, period=1),
                     banned=banned(world, hist),
                     target=target,
                     engaged={(int(c),) for c in ahead},
@@ -106,7 +106,7 @@ class PeriodUser:
     engaged: set[Cluster]
 
 
-def period_users(world: World, k: int, *, use_dsie: bool = True) -> list[PeriodUser]:
+def period_users(world: World, k: int, *, context: str = "full") -> list[PeriodUser]:
     """Users active in period k, ascending, with their context as of the period start."""
     before = world.history.before(k)
     during = world.history.during(k)
@@ -117,7 +117,7 @@ def period_users(world: World, k: int, *, use_dsie: bool = True) -> list[PeriodU
         engaged = {(int(c),) for c in np.unique(world.item_cluster[items])}
         out.append(
             PeriodUser(
-                context=context_of(world, u, hist, use_dsie=use_dsie, period=k),
+                context=context_of(world, u, hist, context=context, period=k),
                 banned=ban,
                 novel=engaged - ban,
                 engaged=engaged,

@@ -118,7 +118,7 @@ class RoundZero(RoundBase):
             self.world.history.before(1),
             per_user=o.round0_per_user,
             cap_per_cluster=ROUND0_CAP,
-            use_dsie=o.dsie,
+            context=o.context(),
             rng=self.rng,
         )
         if len(trans) < 10:
@@ -241,7 +241,7 @@ class RoundK(RoundBase):
         """Period k's active users, split into verification and held-out users; the current
         adapters loaded."""
         o, k = self.opt, self.k
-        self.users = period_users(self.world, k, use_dsie=o.dsie)
+        self.users = period_users(self.world, k, context=o.context())
         with_novel = [u for u in self.users if u.novel]
         train_ids, held_ids = split_users(
             [u.context.user for u in with_novel], o.holdout, self.seed_k
@@ -547,7 +547,7 @@ def _dpo_pairs(rows, pos, neg, prompts):
 
 
 def report_on_test_period(
-    world: World, model, tok, prompter, use_dsie: bool = True, ks: tuple[int, ...] = (5, 10)
+    world: World, model, tok, prompter, context: str = "full", ks: tuple[int, ...] = (5, 10)
 ) -> dict:
     """Evaluation only (never used to accept a round): the Novelty LLM's top-k novel clusters
     for users of the test period, with context as of its start, at each k of `ks` (10 is the
@@ -555,7 +555,7 @@ def report_on_test_period(
     before). `first` counts a hit only on the first new cluster each user engages in the
     period; `any` on any of them."""
     test = world.test_period
-    users = [u for u in period_users(world, test, use_dsie=use_dsie) if u.novel]
+    users = [u for u in period_users(world, test, context=context) if u.novel]
     during = world.history.during(test)
     first = []
     for u in users:

@@ -50,13 +50,9 @@ def serving_record(ws: Workspace, o: PcoOptions, backbone: Path) -> Serving:
         lora_r=o.lora_r,
         lora_alpha=LORA_ALPHA,
         sid_version=ws.sids().version,
-        context=context_name(o),
+        context=o.context(),
         template_dir=o.template_dir,
     )
-
-
-def context_name(o: PcoOptions) -> str:
-    return "full" if o.dsie else "recent"
 
 
 def start_state(ws: Workspace, track: Track, context: str) -> dict | None:
@@ -113,7 +109,7 @@ def _run(ctx: Ctx[PcoOptions], rank: int, size: int) -> dict:
     # it does, and the state they read cannot change under them
     with dist.on_rank0(store.workspace_lock(ctx.work, "pco-round"), rank, size):
         world = World.load(ws)
-        state = start_state(ws, track, context_name(o))
+        state = start_state(ws, track, o.context())
         todo = plan(state, world.test_period, o.rounds, o.round)
         if not todo:
             console.log(f"nothing to do: track {track.name} has run every period before the test")

@@ -29,7 +29,7 @@ class Variant:
     novelty: Path
     relevance: Path
     spec: LLMSpec
-    full_context: bool = True  # persona + long-term context in prompts (else recent window)
+    context: str = "full"  # the prompts' context, one of llm.context.CONTEXTS
     inside: str = "dsie"  # how items inside a cluster are ranked: "dsie" or "popularity"
     judge: bool = True  # Relevance best-of-n over the draws (off: the Novelty LLM alone)
     reserve: bool = True  # follow the draws with every other allowed cluster
@@ -44,12 +44,12 @@ def track_variant(
 ) -> Variant:  # fmt: skip
     """A track's current adapters (or a given round's), served as they were trained: the same
     backbone and LoRA shape, and the same context (a track trained with --no-dsie gets prompts
-    without persona or long-term history). Items inside clusters are ranked by `inside`
-    (default: DSIE, popularity for a --no-dsie track)."""
+    without persona or long-term history, one trained with --no-persona no persona). Items
+    inside clusters are ranked by `inside` (default: DSIE, popularity for a --no-dsie track)."""
     state = track.require_state()
     spec = serving_spec(ws, track, state, device, seed)
-    full = state["serving"]["context"] == "full"
-    inside = inside or ("dsie" if full else "popularity")
+    context = state["serving"]["context"]
+    inside = inside or ("popularity" if context == "recent" else "dsie")
     if before is not None:
         entry = serving_before(state, before)
         label = f"{track.name}@{entry['round']}"
@@ -66,7 +66,7 @@ def track_variant(
     made = [h["round"] for h in state["history"] if h["novelty"] == entry["novelty"]]
     round_ = entry.get("round", made[-1] if made else None)
     return Variant(
-        name or label, novelty, relevance, spec, full, inside, judge, reserve, templates, round_
+        name or label, novelty, relevance, spec, context, inside, judge, reserve, templates, round_
     )
 
 
@@ -170,9 +170,7 @@ class Engine:
         Novelty prompts."""
         w = self.world
         ctx = {
-            int(u): context_of(
-                w, u, self.seen(u), use_dsie=variant.full_context, period=self.before
-            )
+            int(u): context_of(w, u, self.seen(u), context=variant.context, period=self.before)
             for u in users
         }
         familiar = {int(u): {(int(c),) for c in self.familiar(u)} for u in users}

@@ -43,7 +43,7 @@ class Serving:
     lora_r: int
     lora_alpha: int
     sid_version: str
-    context: str  # "full" (persona + whole history) or "recent" (--no-dsie: recent window)
+    context: str  # one of llm.context.CONTEXTS: "full", "no-persona" or "recent"
     template_dir: str | None = None  # the prompt templates (None: the packaged ones)
 
     @classmethod
