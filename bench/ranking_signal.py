@@ -60,7 +60,7 @@ def period_rows(ws: Workspace, world: World, track: str, k: int, serve, seed: in
         familiar, seen = set(eng.familiar(u).tolist()), eng.seen(u)
         truth = ev.truth[r]
         for c in cands[u]:
-            cl = c.cluster[0]
+            cl = c.cluster
             if cl in familiar:
                 continue
             items = eng.items_of.get(cl, np.zeros(0, np.int64))

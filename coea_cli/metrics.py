@@ -8,7 +8,7 @@ Conventions shared by every function:
 - ``truth``: list of ``U`` int arrays, the held-out relevant items per user. Users with empty
   truth are excluded from every average that uses ``truth`` (``n_evaluated`` counts the rest).
 - ``history``: list of ``U`` int arrays, the items each user saw in training.
-- ``item_cluster``: int array ``[n_items]``, level-1 interest cluster of each item.
+- ``item_cluster``: int array ``[n_items]``, interest cluster (index) of each item.
 - ``item_pop``: int array ``[n_items]``, training popularity of each item.
 - ``item_emb``: float array ``[n_items, d]``.
 
@@ -347,7 +347,7 @@ def self_information(recs, item_pop, n_users: int, k: int) -> float:
 
 
 def unexpectedness(recs, history, item_cluster, k: int) -> float:
-    r"""Share of recommended items whose level-1 cluster is absent from the user's history.
+    r"""Share of recommended items whose cluster is absent from the user's history.
 
     .. math:: UNEXP@k = \frac{1}{|U|} \sum_u \frac{1}{n_u}
         \sum_{i \in top_k(u)} [\,c(i) \notin \{c(h) : h \in H_u\}\,]

@@ -346,7 +346,7 @@ class SidOptions(Options):
 
     Reads items/item_emb.safetensors and data/; writes sids/sids.parquet (the SID layout, the
     SID version and its revision in its metadata), rqvae.safetensors, clusters.parquet and
-    report.json. The level-1 code is an item's interest cluster. Run again after new items
+    report.json. An item's first --cluster-depth codes are its interest cluster. Run again after new items
     arrive (prepare --append, tokenize-items): they are encoded with the trained quantiser and
     every existing SID is kept (same version, next revision); --rebuild starts over.
     """
@@ -357,6 +357,13 @@ class SidOptions(Options):
         "the vectors, fast baseline).",
     )
     levels: int = opt(3, "Number of code levels L (before the dedup level).", ge=1, le=25)
+    cluster_depth: int = opt(
+        1,
+        "SID levels that make an item's interest cluster, the unit the LLMs propose and judge: "
+        "1 (the level-1 code) or 2 for a larger catalogue (with codebook sizes that keep the "
+        "clusters few, e.g. --codebook-size 16,8,32). At most --levels.",
+        ge=1,
+    )
     codebook_size: str = opt(
         "auto",
         "Codes per level: auto, K, or K1,...,KL. auto = 2^round(log2(sqrt(N))) clipped to "
@@ -404,6 +411,8 @@ class SidOptions(Options):
     def check(self) -> None:
         positive_ints("--hidden", self.hidden)
         self.max_epochs(1)
+        if self.cluster_depth > self.levels:
+            raise BadInput(f"--cluster-depth {self.cluster_depth} exceeds --levels {self.levels}")
 
     def hidden_widths(self) -> tuple[int, ...]:
         return tuple(positive_ints("--hidden", self.hidden))
@@ -435,7 +444,7 @@ class SidOptions(Options):
 class GroupOptions(Options):
     """Group users and write one persona per group, embedded with the text encoder.
 
-    Groups are fitted on period-0 behaviour (each user's level-1 cluster histogram) and never
+    Groups are fitted on period-0 behaviour (each user's interest-cluster histogram) and never
     refitted: a user with period-0 history keeps that group; any other user is placed at each
     period start p by the history before p (nearest centroid), or without any history by
     attributes (behavior: the most common group of their demographic cell; hybrid: the nearest
@@ -451,7 +460,7 @@ class GroupOptions(Options):
     grouping: Grouping = opt(
         Grouping.hybrid,
         "demographic (attribute cells, small cells merged upward), behavior (k-means over "
-        "level-1 cluster histograms) or hybrid (k-means over histogram + one-hot attributes). "
+        "interest-cluster histograms) or hybrid (k-means over histogram + one-hot attributes). "
         "Without user attributes: behavior.",
     )
     groups: int = opt(

@@ -104,7 +104,7 @@ class UserList:
 
     @property
     def clusters(self) -> tuple[int, ...]:
-        """Level-1 SID cluster of each item."""
+        """Interest cluster (index) of each item."""
         return self._decode()[2]
 
     @property

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from coea_cli import store
-from coea_cli.workspace import SidLayout, sids_table
+from coea_cli.workspace import SidLayout, cluster_token, sids_table
 from tests.helpers import coea
 from tests.synth import GENRES, make_log
 
@@ -21,7 +21,7 @@ TINY = [
 ]  # fmt: skip
 
 
-def tiny_workspace(tmp, periods: str = "0.5,0.25,0.25", seed: int = 0):
+def tiny_workspace(tmp, periods: str = "0.5,0.25,0.25", seed: int = 0, depth: int = 1):
     paths = make_log(tmp / "raw", n_users=30, n_items=40, per_user=24, seed=seed)
     work = tmp / "work"
     r = coea(
@@ -30,7 +30,7 @@ def tiny_workspace(tmp, periods: str = "0.5,0.25,0.25", seed: int = 0):
         "--periods", periods, "--work", work,
     )  # fmt: skip
     assert r.code == 0, r.stderr
-    write_sids(work, seed)
+    write_sids(work, seed, depth)
     write_groups(work)
     write_item_texts(work)
     return work
@@ -48,7 +48,8 @@ def write_item_texts(work) -> None:
     )
 
 
-def write_sids(work, seed: int = 0) -> None:
+def write_sids(work, seed: int = 0, depth: int = 1) -> None:
+    """Genre codes at level 1, random at level 2; interest clusters of `depth` levels."""
     items = store.read_parquet(work / "data" / "items.parquet")
     rng = np.random.default_rng(seed)
     n = items.num_rows
@@ -58,18 +59,22 @@ def write_sids(work, seed: int = 0) -> None:
     codes = np.stack([c1, c2, c3, np.zeros(n, dtype=np.int64)], axis=1)
     folder = work / "sids"
     folder.mkdir(parents=True, exist_ok=True)
-    store.write_parquet(
-        folder / "sids.parquet", sids_table(codes, SidLayout((len(GENRES), 4, 8, 1)))
-    )
-    present = sorted(set(c1.tolist()))
+    layout = SidLayout((len(GENRES), 4, 8, 1), depth=depth)
+    store.write_parquet(folder / "sids.parquet", sids_table(codes, layout))
+    labels = layout.clusters.of_codes(codes)
+    present = sorted(set(labels.tolist()))
+    codes_of = [layout.clusters.code(c) for c in present]
     store.write_parquet(
         folder / "clusters.parquet",
         pa.table(
             {
                 "cluster": pa.array(present, pa.int32()),
-                "size": pa.array([int((c1 == c).sum()) for c in present], pa.int32()),
-                "description": [f"{GENRES[c]} films" for c in present],
-                "prefix": [f"<a_{c}>" for c in present],
+                "size": pa.array([int((labels == c).sum()) for c in present], pa.int32()),
+                "description": [
+                    f"{GENRES[c[0]]} films" + (f", kind {c[1]}" if depth > 1 else "")
+                    for c in codes_of
+                ],
+                "prefix": [cluster_token(c) for c in codes_of],
             }
         ),
     )

@@ -38,7 +38,7 @@ from coea_cli.pco.scoring import (
     rerank,
     sampled_top,
 )
-from coea_cli.workspace import History, UserSequences
+from coea_cli.workspace import ClusterSpace, History, UserSequences
 from coea_cli.workspace.history import distinct_last, recent_distinct
 
 LOG = [
@@ -657,16 +657,19 @@ def test_popularity_top_never_banned(counts, bans, k):
             assert max(left) <= min(freq)
 
 
+FIRST = ClusterSpace((8,)).index  # at depth 1 a cluster's index is its code
+
+
 def test_cluster_novelty_hand():
     pop = np.array([4, 2, 0, 1])
-    out = cluster_novelty([[A, B], [C]], pop, 8)
+    out = cluster_novelty([[A, B], [C]], pop, 8, FIRST)
     # pop clamped at 1: -log2(4/8)=1, -log2(2/8)=2, -log2(1/8)=3
     assert out["self_info"] == pytest.approx(2.0)
     assert out["coverage"] == pytest.approx(3 / 4)
-    out = cluster_novelty([[A], [A]], pop, 8)
+    out = cluster_novelty([[A], [A]], pop, 8, FIRST)
     assert out["self_info"] == pytest.approx(1.0)
     assert out["coverage"] == pytest.approx(1 / 4)
-    empty = cluster_novelty([[], []], pop, 8)
+    empty = cluster_novelty([[], []], pop, 8, FIRST)
     assert math.isnan(empty["self_info"]) and empty["coverage"] == 0.0
 
 
@@ -680,7 +683,7 @@ def test_cluster_novelty_matches_naive(pop, data, n_users):
     n = len(pop)
     proposals = data.draw(st.lists(st.lists(st.integers(0, n - 1), max_size=4), max_size=4))
     props = [[(c,) for c in p] for p in proposals]
-    out = cluster_novelty(props, np.array(pop), n_users)
+    out = cluster_novelty(props, np.array(pop), n_users, FIRST)
     flat = [c for p in proposals for c in p]
     if not flat:
         assert math.isnan(out["self_info"]) and out["coverage"] == 0.0

@@ -35,7 +35,7 @@ def user_list(*args, weights=None):
 
 
 def cands(*clusters: int) -> list[Candidate]:
-    return [Candidate((c,), 1.0 - 0.1 * j, 0.5) for j, c in enumerate(clusters)]
+    return [Candidate(c, 1.0 - 0.1 * j, 0.5) for j, c in enumerate(clusters)]
 
 
 def rows(out: np.ndarray) -> list[tuple[int, int, int]]:
@@ -203,7 +203,7 @@ def test_user_list_properties(case):
     # already familiar; then DSIE's fill
     n_coea = sum(s != FILL for s in src)
     assert src == [DRAW] * n_coea + [FILL] * (len(src) - n_coea)  # list_cases has no reserve
-    novel = [c.cluster[0] for c in candidates if c.cluster[0] not in familiar][: opt.top_m]
+    novel = [c.cluster for c in candidates if c.cluster not in familiar][: opt.top_m]
     assert set(out["cluster"][:n_coea].tolist()) <= set(novel)
     assert n_coea <= round(opt.k * opt.explore_ratio)
     pool = [i for i in unseen if item_cluster[i] in novel]
@@ -332,11 +332,11 @@ def test_user_candidates_own_context_draws_judged_then_reserve(monkeypatch):
         rel = [c.relevance for c in judged]
         assert rel == sorted(rel, reverse=True)
         allowed = [c for c in range(5) if (c,) not in familiar[u]]
-        assert sorted(c.cluster[0] for c in cands) == allowed  # each allowed cluster once
+        assert sorted(c.cluster for c in cands) == allowed  # each allowed cluster once
         p = np.array([0.4, 0.3, 0.15, 0.1, 0.05])[allowed]
         p /= p.sum()
         for c in cands:
-            np.testing.assert_allclose(c.novelty, p[allowed.index(c.cluster[0])], rtol=1e-5)
+            np.testing.assert_allclose(c.novelty, p[allowed.index(c.cluster)], rtol=1e-5)
     assert len(judged_prompts) == len(set(judged_prompts))  # identical judgements once
     no_judge = user_candidates(w, ctx, familiar, (None, None), None, Prompter(w), n=3,
                                temperature=1.0, seed=0, judge=False, reserve=False)  # fmt: skip
@@ -351,7 +351,7 @@ def test_user_candidates_own_context_draws_judged_then_reserve(monkeypatch):
 
 def test_weighted_ranking_by_hand():
     """Items of every unknown draw compete: DSIE score + w_n log p(c) + w_r logit r(c)."""
-    draws = [Candidate((1,), 0.9, 0.2), Candidate((3,), 0.5, 0.6)]
+    draws = [Candidate(1, 0.9, 0.2), Candidate(3, 0.5, 0.6)]
     # cluster 1 bonus: 0 * log .2 + 1 * logit .9 = 2.197; cluster 3: 1 * logit .5 = 0
     out = user_list(SCORES, np.array([], dtype=np.int64), {0}, draws, PARTS, ITEM_CLUSTER,
                     ListOptions(k=4, top_m=1), weights=Weights(0.0, 1.0))  # fmt: skip
@@ -362,7 +362,7 @@ def test_weighted_ranking_by_hand():
                     ListOptions(k=2, top_m=1), weights=Weights(5.0, 0.0))  # fmt: skip
     assert [r[1] for r in rows(out)] == [3, 3]
     # draws the user knows are skipped; the reserve's clusters compete like the draws
-    reserve = [Candidate((2,), float("nan"), 0.1, reserve=True)]
+    reserve = [Candidate(2, float("nan"), 0.1, reserve=True)]
     out = user_list(SCORES, np.array([8, 9], dtype=np.int64), {0, 1}, draws + reserve, PARTS,
                     ITEM_CLUSTER, ListOptions(k=3, top_m=1), weights=Weights(1.0, 1.0))  # fmt: skip
     assert rows(out) == [(6, 2, RESERVE), (7, 2, RESERVE), (0, 0, FILL)]
@@ -371,8 +371,8 @@ def test_weighted_ranking_by_hand():
 def test_weighted_ranking_ranks_the_reserve_with_the_draws():
     """No hard cut after the draws: an unjudged reserve cluster the Novelty LLM finds likely
     outranks a judged draw when the novelty weight says so, and keeps its source."""
-    draws = [Candidate((1,), 0.5, 0.05)]  # judged, logit 0, unlikely
-    reserve = [Candidate((3,), float("nan"), 0.9, reserve=True)]
+    draws = [Candidate(1, 0.5, 0.05)]  # judged, logit 0, unlikely
+    reserve = [Candidate(3, float("nan"), 0.9, reserve=True)]
     out = user_list(SCORES, np.array([], dtype=np.int64), {0}, draws + reserve, PARTS,
                     ITEM_CLUSTER, ListOptions(k=2, top_m=1), weights=Weights(2.0, 0.0))  # fmt: skip
     # bonus: cluster 1 2 log .05 = -5.99, cluster 3 2 log .9 = -0.21: 9 (.4) and 8 (.3) lead
@@ -385,9 +385,9 @@ def test_weighted_ranking_ranks_the_reserve_with_the_draws():
 
 def test_weights_cluster_score():
     w = Weights(2.0, 1.0)
-    c = Candidate((0,), 0.75, 0.25)
+    c = Candidate(0, 0.75, 0.25)
     assert w.cluster_score(c) == pytest.approx(2 * np.log(0.25) + np.log(3))
-    assert Weights(0.0, 1.0).cluster_score(Candidate((0,), float("nan"), 0.5)) == 0.0
+    assert Weights(0.0, 1.0).cluster_score(Candidate(0, float("nan"), 0.5)) == 0.0
 
 
 def test_user_list_reaches_the_reserve_when_draws_are_familiar():
@@ -395,8 +395,8 @@ def test_user_list_reaches_the_reserve_when_draws_are_familiar():
     and the slots say so."""
     judged = cands(0, 2)
     reserve = [
-        Candidate((1,), float("nan"), 0.2, reserve=True),
-        Candidate((3,), float("nan"), 0.1, reserve=True),
+        Candidate(1, float("nan"), 0.2, reserve=True),
+        Candidate(3, float("nan"), 0.1, reserve=True),
     ]
     out = user_list(SCORES, np.array([], dtype=np.int64), {0, 2}, judged + reserve, PARTS,
                     ITEM_CLUSTER, ListOptions(k=3, top_m=1))  # fmt: skip

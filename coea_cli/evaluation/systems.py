@@ -101,7 +101,7 @@ def from_lists(lists: dict, users: np.ndarray, k: int) -> np.ndarray:
 
 
 def _as_candidates(clusters) -> list[Candidate]:
-    return [Candidate((int(c),), float("nan"), float("nan")) for c in clusters]
+    return [Candidate(int(c), float("nan"), float("nan")) for c in clusters]
 
 
 def _unexplored(engine: Engine, user: int) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Assign users to groups: demographic cells, behaviour k-means, or both (hybrid).
 
-Behaviour features are a user's histogram over level-1 SID clusters ("interest clusters").
+Behaviour features are a user's histogram over interest clusters (SID prefixes).
 Groups are fitted on period-0 histories (the initial training period) and never refitted.
 A user with period-0 history keeps the group of the fit. Any other user is placed at each
 period start p with the history before p (nearest centroid), so nothing from period p or later
@@ -164,7 +164,7 @@ def relabel_by_size(labels: np.ndarray) -> np.ndarray:
 def cluster_histograms(
     user_ids: np.ndarray, item_ids: np.ndarray, item_cluster: np.ndarray, n_users: int
 ) -> np.ndarray:
-    """Counts [U, C] of each user's interactions per level-1 cluster."""
+    """Counts [U, C] of each user's interactions per interest cluster."""
     n_clusters = int(item_cluster.max()) + 1 if len(item_cluster) else 0
     flat = user_ids.astype(np.int64) * n_clusters + item_cluster[item_ids]
     counts = np.bincount(flat, minlength=n_users * n_clusters)

@@ -26,13 +26,14 @@ DESCRIPTION_CHARS = 120
 
 
 def cluster_labels(sids: Sids) -> dict[int, str]:
-    """Short label per level-1 cluster: its SID prefix and description."""
+    """Short label per cluster index: its SID prefix and description."""
     out = {}
+    space = sids.layout.clusters
     for c, text in sids.descriptions.items():
         text = " ".join(str(text or "").split())
         if len(text) > DESCRIPTION_CHARS:
             text = text[: DESCRIPTION_CHARS - 3].rstrip() + "..."
-        out[int(c)] = f"{cluster_token((c,))} {text}".strip()
+        out[int(c)] = f"{cluster_token(space.code(c))} {text}".strip()
     return out
 
 
@@ -155,7 +156,7 @@ def _report(o: GroupOptions, g, sim: dict, sizes: list[int], stats, personas) ->
     return {
         "summary": summary,
         "similarity": {
-            "measure": "cosine similarity of users' level-1 cluster histograms (period 0, "
+            "measure": "cosine similarity of users' cluster histograms (period 0, "
             "else all history before the test period); pairs of distinct users",
             "intra": sim["intra"],
             "inter": sim["inter"],

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from coea_cli.workspace import Cluster, History, Workspace
+from coea_cli.workspace import Cluster, ClusterSpace, History, Workspace
 from coea_cli.workspace.history import distinct_last, recent_distinct
 
 
@@ -22,25 +22,28 @@ class World:
     each user's group and each group's persona."""
 
     history: History
-    item_cluster: np.ndarray  # [N] level-1 cluster per item
+    item_cluster: np.ndarray  # [N] cluster index per item
     n_clusters: int
     describe: dict[Cluster, str]
     group_of: np.ndarray  # [U] group of each user at the test period's start
     persona: dict[int, str]
     by_period: dict[int, np.ndarray] = field(default_factory=dict)  # period start -> groups
+    space: ClusterSpace | None = None  # index <-> codes (None: level 1, n_clusters codes)
 
     @classmethod
     def load(cls, ws: Workspace) -> World:
         sids = ws.sids()
         groups = ws.groups()
+        space = sids.layout.clusters
         return cls(
             history=ws.history(),
             item_cluster=sids.cluster_of_items(),
-            n_clusters=sids.n_clusters(),
-            describe={(c,): d for c, d in sids.descriptions.items()},
+            n_clusters=space.size,
+            describe={space.code(c): d for c, d in sids.descriptions.items()},
             group_of=groups.of_user,
             persona=groups.persona_text,
             by_period=groups.by_period,
+            space=space,
         )
 
     @property
@@ -57,7 +60,17 @@ class World:
 
     def clusters(self) -> list[Cluster]:
         """Every cluster that holds an item, ascending."""
-        return [(int(c),) for c in np.unique(self.item_cluster)]
+        return [self.code(c) for c in np.unique(self.item_cluster)]
+
+    def code(self, index: int) -> Cluster:
+        """The codes of the cluster with this index: (12,) at depth 1, (12, 7) at depth 2."""
+        return self._space().code(index)
+
+    def index(self, cluster: Cluster) -> int:
+        return self._space().index(cluster)
+
+    def _space(self) -> ClusterSpace:
+        return self.space or ClusterSpace((self.n_clusters,))
 
     def group_at(self, period: int | None) -> np.ndarray:
         """Each user's group at the start of `period` (the test period's for None)."""
@@ -115,8 +128,8 @@ def context_of(
     return Context(
         user=int(user),
         persona=persona,
-        recent=[(int(c),) for c in shown_recent],
-        familiar=[(int(c),) for c in shown_familiar],
+        recent=[world.code(c) for c in shown_recent],
+        familiar=[world.code(c) for c in shown_familiar],
     )
 
 
@@ -124,7 +137,7 @@ def banned(world: World, history: np.ndarray) -> set[Cluster]:
     """Every cluster in the history: the Novelty LLM must not propose it."""
     if not len(history):
         return set()
-    return {(int(c),) for c in np.unique(world.item_cluster[history])}
+    return {world.code(c) for c in np.unique(world.item_cluster[history])}
 
 
 def cluster_popularity(world: World, before_period: int) -> np.ndarray:

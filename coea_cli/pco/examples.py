@@ -53,7 +53,7 @@ def transitions(
             hist = seq[:t]
             seen = set(world.item_cluster[hist].tolist())
             ahead = clusters[t : t + window]
-            target = next(((int(c),) for c in ahead if c not in seen), None)
+            target = next((world.code(c) for c in ahead if c not in seen), None)
             if target is None or per_target.get(target, 0) >= cap_per_cluster:
                 continue
             per_target[target] = per_target.get(target, 0) + 1
@@ -63,7 +63,7 @@ def transitions(
                     context=context_of(world, u, hist, context=context, period=1),
                     banned=banned(world, hist),
                     target=target,
-                    engaged={(int(c),) for c in ahead},
+                    engaged={world.code(c) for c in ahead},
                     user=int(u),
                 )
             )
@@ -114,7 +114,7 @@ def period_users(world: World, k: int, *, context: str = "full") -> list[PeriodU
     for u in during.users().tolist():
         items, hist = during.of(u), before.of(u)
         ban = banned(world, hist)
-        engaged = {(int(c),) for c in np.unique(world.item_cluster[items])}
+        engaged = {world.code(c) for c in np.unique(world.item_cluster[items])}
         out.append(
             PeriodUser(
                 context=context_of(world, u, hist, context=context, period=k),

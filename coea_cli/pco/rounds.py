@@ -415,7 +415,7 @@ class RoundK(RoundBase):
             label = f"round {self.k}: re-evaluating the {name} Novelty LLM"
             sc = relevance_scores(self.relevance, self.rtok, prompts, label=label).numpy()
             best = scoring.rerank(cands, sc, o.top_m)
-            novelty = scoring.cluster_novelty(best, pop, self.world.n_users)
+            novelty = scoring.cluster_novelty(best, pop, self.world.n_users, self.world.index)
             self.quality[name] = {
                 f"novelty_hr@{o.top_m}": scoring.hit_rate([r[: o.top_m] for r in cands], truth),
                 f"coea_hr@{o.top_m}": scoring.hit_rate(best, truth),
@@ -442,7 +442,7 @@ class RoundK(RoundBase):
         cand = pa.table(
             {
                 "user_id": pa.array([self.train[j].context.user for j, _, _ in rows], pa.int32()),
-                "cluster": pa.array([c[0] for _, c, _ in rows], pa.int32()),
+                "cluster": pa.array([self.world.index(c) for _, c, _ in rows], pa.int32()),
                 "source": pa.array([src for *_, src in rows], pa.string()),
                 "relevance": pa.array(self.score.astype(np.float32)),
                 "engaged": pa.array(self.engaged),
@@ -560,7 +560,7 @@ def report_on_test_period(
     first = []
     for u in users:
         clusters = world.item_cluster[during.of(u.context.user)]
-        first.append({next((int(c),) for c in clusters if (int(c),) not in u.banned)})
+        first.append({next(world.code(c) for c in clusters if world.code(c) not in u.banned)})
     prompts = [prompter.novelty(u.context) for u in users]
     banned = [u.banned for u in users]
     top = scoring.top_clusters(model, tok, prompts, banned, world.clusters(), max(ks))
@@ -571,6 +571,6 @@ def report_on_test_period(
         suffix = "" if k == 5 else f"@{k}"
         out[f"test_first_novel_hr@{k}"] = scoring.hit_rate(head, first)
         out[f"test_novelty_hr@{k}"] = scoring.hit_rate(head, [u.novel for u in users])
-        for a, b in scoring.cluster_novelty(head, pop, world.n_users).items():
+        for a, b in scoring.cluster_novelty(head, pop, world.n_users, world.index).items():
             out[f"test_cluster_{a}{suffix}"] = b
     return {**out, "test_users": len(users)}

@@ -64,9 +64,12 @@ def popularity_top(counts: Counter, banned: Sequence[set[Cluster]], k: int) -> l
     return [[c for c in ranked if c not in ban][:k] for ban in banned]
 
 
-def cluster_novelty(proposals: list[list[Cluster]], popularity: np.ndarray, n_users: int) -> dict:
-    """Novelty of proposed clusters: mean self-information -log2(users(c)/|U|) and coverage."""
-    flat = [c[0] for p in proposals for c in p]
+def cluster_novelty(
+    proposals: list[list[Cluster]], popularity: np.ndarray, n_users: int, index
+) -> dict:
+    """Novelty of proposed clusters: mean self-information -log2(users(c)/|U|) and coverage.
+    `popularity` is indexed by cluster index, `index` maps a cluster to it (World.index)."""
+    flat = [index(c) for p in proposals for c in p]
     if not flat:
         return {"self_info": float("nan"), "coverage": 0.0}
     pop = np.maximum(popularity[np.array(flat)], 1)

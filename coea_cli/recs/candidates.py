@@ -22,7 +22,7 @@ from coea_cli.workspace import Cluster
 
 @dataclass
 class Candidate:
-    cluster: Cluster
+    cluster: int  # the cluster's index (World.index of its codes)
     relevance: float  # P(Yes) from the Relevance LLM; NaN when not judged
     novelty: float  # probability under the Novelty LLM's constrained distribution
     reserve: bool = False  # not drawn: a reserve cluster in the Novelty LLM's order
@@ -88,13 +88,16 @@ def user_candidates(
     out: dict[int, list[Candidate]] = {}
     for u in users:
         p = probs[u]
-        cands = [Candidate(c, judged.get((u, c), float("nan")), float(p[col[c]])) for c in drawn[u]]
+        cands = [
+            Candidate(world.index(c), judged.get((u, c), float("nan")), float(p[col[c]]))
+            for c in drawn[u]
+        ]
         cands.sort(key=lambda x: (-x.relevance if judge else 0.0, -x.novelty))
         if reserve:
             order = [j for j in np.argsort(-p, kind="stable") if p[j] > 0]
             seen = set(drawn[u])
             cands += [
-                Candidate(clusters[j], float("nan"), float(p[j]), reserve=True)
+                Candidate(world.index(clusters[j]), float("nan"), float(p[j]), reserve=True)
                 for j in order
                 if clusters[j] not in seen
             ]

@@ -173,7 +173,7 @@ class Engine:
             int(u): context_of(w, u, self.seen(u), context=variant.context, period=self.before)
             for u in users
         }
-        familiar = {int(u): {(int(c),) for c in self.familiar(u)} for u in users}
+        familiar = {int(u): {w.code(c) for c in self.familiar(u)} for u in users}
         novelty = load_model(variant.spec, variant.novelty, False)
         relevance = load_model(variant.spec, variant.relevance, False) if variant.judge else None
         console.log(f"{variant.name}: {len(users)} users, {opt.n} Novelty draws each")

@@ -72,18 +72,18 @@ def user_list(
     unfamiliar candidate, draws and reserve, are ranked together by score + cluster score."""
     s = scores.astype(np.float64).copy()
     s[seen] = -np.inf
-    open_ = [c for c in candidates if c.cluster[0] not in familiar]
+    open_ = [c for c in candidates if c.cluster not in familiar]
     n_explore = round(k * explore_ratio)
     chosen: list[tuple[int, int]] = []
     if weights is not None and n_explore > 0:
-        bonus = {c.cluster[0]: weights.cluster_score(c) for c in open_}
-        source = {c.cluster[0]: RESERVE if c.reserve else DRAW for c in open_}
+        bonus = {c.cluster: weights.cluster_score(c) for c in open_}
+        source = {c.cluster: RESERVE if c.reserve else DRAW for c in open_}
         top = _ranked(s, bonus, items_of_cluster, item_cluster, n_explore)
         chosen += [(int(i), source[int(item_cluster[i])]) for i in top]
         s[top] = -np.inf
         open_ = []
     picked = open_[:top_m]
-    source = {c.cluster[0]: RESERVE if c.reserve else DRAW for c in picked}
+    source = {c.cluster: RESERVE if c.reserve else DRAW for c in picked}
     n_explore -= len(chosen)
     if picked and n_explore > 0:
         top = _ranked(s, dict.fromkeys(source, 0.0), items_of_cluster, item_cluster, n_explore)

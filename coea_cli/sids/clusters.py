@@ -1,4 +1,4 @@
-"""Level-1 clusters: descriptions, genre coherence and code-usage statistics."""
+"""Interest clusters: descriptions, genre coherence and code-usage statistics."""
 
 from __future__ import annotations
 
@@ -100,8 +100,8 @@ def _same_cluster_pairs(labels, samples, rng):
 
 
 def describe_clusters(
-    c1: np.ndarray,
-    size: int,
+    labels: np.ndarray,
+    space,
     categories: list[list[str] | None] | None,
     titles: list[str | None],
     popularity: np.ndarray,
@@ -109,7 +109,8 @@ def describe_clusters(
     n_titles: int = 3,
     min_share: float = 0.25,
 ) -> dict:
-    """One row per level-1 code: size, top categories, a short description and prefix.
+    """One row per cluster index of `space` (a ClusterSpace; `labels`: each item's index):
+    size, top categories, a short description and its SID prefix.
 
     Top categories: up to `n_categories` by share of the cluster's items, those held by at
     least `min_share` of them (at least the most common one). Titles: the `n_titles` most
@@ -119,8 +120,9 @@ def describe_clusters(
     from coea_cli.workspace import cluster_token
 
     cols = {"cluster": [], "prefix": [], "size": [], "top_categories": [], "description": []}
-    order = np.lexsort((np.arange(len(c1)), -np.asarray(popularity), c1))
-    bounds = np.searchsorted(c1[order], np.arange(size + 1))
+    size = space.size
+    order = np.lexsort((np.arange(len(labels)), -np.asarray(popularity), labels))
+    bounds = np.searchsorted(labels[order], np.arange(size + 1))
     for c in range(size):
         members = order[bounds[c] : bounds[c + 1]]
         top: list[str] = []
@@ -136,7 +138,7 @@ def describe_clusters(
             text = "; ".join(names) or f"{len(members)} items"
             text = f"{', '.join(top)}: {text}" if top else text
         cols["cluster"].append(c)
-        cols["prefix"].append(cluster_token((c,)))
+        cols["prefix"].append(cluster_token(space.code(c)))
         cols["size"].append(len(members))
         cols["top_categories"].append(top)
         cols["description"].append(text)

@@ -179,7 +179,8 @@ def _extendable(ctx: Ctx[SidOptions]):
     except (OSError, ValueError, BadInput):
         return None  # unreadable: a full build replaces them
     now = {**store.normalise(ctx.opts.recorded()), "seed": ctx.seed}
-    before = {**recorded.get("options", {}), "seed": recorded.get("seed")}
+    added_since = store.normalise(type(ctx.opts)().recorded())  # options newer than the build
+    before = {**added_since, **recorded.get("options", {}), "seed": recorded.get("seed")}
     changed = sorted(k for k in now.keys() | before.keys() if now.get(k) != before.get(k))
     if changed:
         was = ", ".join(f"{k}={before.get(k)!r}" for k in changed)
@@ -203,7 +204,7 @@ def _extend(ctx: Ctx[SidOptions], st, old) -> dict:
     tensors, meta = read_tensors(ws.sids_dir.require("model"), "build-sids --rebuild")
     codes, collided = extend(old.codes, encode(x, tensors, meta))
     sizes = (*old.layout.sizes[:-1], max(old.layout.sizes[-1], int(codes[:, -1].max()) + 1))
-    layout = SidLayout(sizes, old.layout.method)
+    layout = SidLayout(sizes, old.layout.method, old.layout.depth)
     report = ws.sid_report()
     added = {
         "revision": old.revision + 1,
@@ -214,7 +215,8 @@ def _extend(ctx: Ctx[SidOptions], st, old) -> dict:
     report["additions"] = [*report.get("additions", []), added]
     report["items"], report["codebook_sizes"] = len(codes), list(sizes)
     clusters = read_table(ws.sids_dir.require("clusters"), "build-sids --rebuild")
-    size = np.bincount(codes[:, 0], minlength=layout.sizes[0])[clusters["cluster"].to_numpy()]
+    labels = layout.clusters.of_codes(codes)
+    size = np.bincount(labels, minlength=layout.clusters.size)[clusters["cluster"].to_numpy()]
     clusters = clusters.set_column(
         clusters.column_names.index("size"), "size", pa.array(size.astype(np.int32))
     )
@@ -249,7 +251,7 @@ def write_outputs(
     from coea_cli.sids.clusters import describe_clusters, genre_coherence
 
     codes, sizes = build.codes, build.sizes
-    layout = SidLayout(tuple(sizes), str(o.method))
+    layout = SidLayout(tuple(sizes), str(o.method), o.cluster_depth)
     n = len(codes)
     t = time.perf_counter()
     store.write_parquet(ws.sids_dir.file("sids", folder), sids_table(codes, layout))
@@ -263,7 +265,8 @@ def write_outputs(
     popularity = history.item_counts(1)  # period 0
     categories = items["categories"].to_pylist() if "categories" in items.column_names else None
     titles = items["title"].to_pylist() if "title" in items.column_names else [None] * n
-    clusters = describe_clusters(codes[:, 0], sizes[0], categories, titles, popularity)
+    labels = layout.clusters.of_codes(codes)
+    clusters = describe_clusters(labels, layout.clusters, categories, titles, popularity)
     store.write_parquet(
         ws.sids_dir.file("clusters", folder),
         pa.table(
@@ -277,9 +280,8 @@ def write_outputs(
         ),
     )
     report = _report(build, layout, o, seed)
-    report["genre_coherence"] = (
-        genre_coherence(codes[:, 0], categories, seed) if categories else None
-    )
+    report["genre_coherence"] = genre_coherence(labels, categories, seed) if categories else None
+    report["cluster_depth"] = layout.depth
     report["clusters_nonempty"] = int(sum(1 for s in clusters["size"] if s))
     report["seconds"] |= {
         "outputs": round(time.perf_counter() - t, 3),
@@ -370,6 +372,8 @@ def summary(report: dict, fresh: bool = False) -> dict:
         "collision_rate_before_dedup": round(col["rate_before_dedup"], 6),
         "collision_rate_from_quantiser": round(col["rate_from_quantiser"], 6),
         "level1_utilisation": round(lv1["utilisation"], 4),
+        "cluster_depth": report.get("cluster_depth", 1),
+        "clusters_nonempty": report.get("clusters_nonempty"),
         "genre_coherence": (
             {k: coh[k] for k in ("same_cluster", "random", "ratio")} if coh else None
         ),

@@ -311,7 +311,7 @@ class Workspace:
     # ---------------------------------------------------------------- sids/
 
     def sids(self, partial: bool = False) -> Sids:
-        """SID codes of every item, their layout (from the Parquet metadata) and the level-1
+        """SID codes of every item, their layout (from the Parquet metadata) and the interest
         cluster descriptions; checked against data/items.parquet. With `partial`, SIDs of the
         first items only are accepted (items were added since): build-sids extends them."""
 

@@ -14,7 +14,7 @@ changed in place:
 
 `recs.parquet` holds the same lists, one row per slot, sorted by user_id then rank: user_id
 (int32, dense), user (string, original id), rank (int16, from 1), item_id (int32, dense),
-item (string, original id), score (float32), cluster (int32, level-1 SID cluster), source
+item (string, original id), score (float32), cluster (int32, the item's interest cluster index), source
 (string: draw, reserve or fill). The two string columns are dictionary-encoded.
 """
 

@@ -2,8 +2,10 @@
 them from sids/sids.parquet.
 
 A SID is one token per level, ``<a_12><b_7><c_3>``, followed by the dedup level's token
-(``<d_0>`` for an item that shares its codes with no other item). Level 1 is an item's
-interest cluster; a cluster is held in Python as a tuple of codes, ``(12,)`` <-> ``"<a_12>"``.
+(``<d_0>`` for an item that shares its codes with no other item). An item's interest cluster
+is its first `depth` codes (build-sids --cluster-depth; level 1 by default), held in Python as
+a tuple of codes, ``(12,)`` <-> ``"<a_12>"`` or ``(12, 7)`` <-> ``"<a_12><b_7>"``, and in
+arrays as its index: the codes read as digits in the levels' sizes (`ClusterSpace`).
 """
 
 from __future__ import annotations
@@ -49,15 +51,54 @@ def parse_cluster(text: str) -> Cluster:
 
 
 @dataclass(frozen=True)
+class ClusterSpace:
+    """Interest clusters: the first `len(sizes)` SID levels. A cluster's index is its codes
+    read as mixed-radix digits, so it never changes when items are added:
+    sizes (32, 8): (3, 5) <-> 3 * 8 + 5 = 29."""
+
+    sizes: tuple[int, ...]  # codes per level of the cluster's levels
+
+    @property
+    def depth(self) -> int:
+        return len(self.sizes)
+
+    @property
+    def size(self) -> int:
+        """Number of possible clusters (indices 0 .. size - 1), used or not."""
+        return int(np.prod(self.sizes))
+
+    def index(self, cluster: Sequence[int]) -> int:
+        if len(cluster) != self.depth:
+            raise ValueError(f"cluster {tuple(cluster)} does not have {self.depth} level(s)")
+        return int(np.ravel_multi_index(tuple(int(c) for c in cluster), self.sizes))
+
+    def code(self, index: int) -> Cluster:
+        return tuple(int(c) for c in np.unravel_index(int(index), self.sizes))
+
+    def of_codes(self, codes: np.ndarray) -> np.ndarray:
+        """Cluster index per row of SID codes [N, >= depth], int64 [N]."""
+        codes = np.asarray(codes, dtype=np.int64).reshape(-1, codes.shape[-1])
+        return np.ravel_multi_index(tuple(codes[:, : self.depth].T), self.sizes).astype(np.int64)
+
+
+@dataclass(frozen=True)
 class SidLayout:
-    """L code levels plus the dedup level: their sizes and the method that made them."""
+    """L code levels plus the dedup level: their sizes, the method that made them and the
+    number of levels that make an interest cluster."""
 
     sizes: tuple[int, ...]  # codes per level, then the dedup level's size (L + 1 values)
     method: str = ""
+    depth: int = 1  # interest cluster = the first `depth` codes
 
     def __post_init__(self) -> None:
         if len(self.sizes) < 2 or len(self.sizes) > len(LETTERS) or min(self.sizes) < 1:
             raise ValueError(f"bad SID layout sizes {self.sizes}")
+        if not 1 <= self.depth <= self.levels:
+            raise ValueError(f"cluster depth {self.depth} outside 1..{self.levels}")
+
+    @property
+    def clusters(self) -> ClusterSpace:
+        return ClusterSpace(tuple(self.sizes[: self.depth]))
 
     @property
     def levels(self) -> int:
@@ -74,20 +115,22 @@ class SidLayout:
         return ["".join(heads[lv][c] for lv, c in enumerate(row)) for row in codes.tolist()]
 
     def meta(self) -> dict:
-        return {
+        out = {
             "levels": self.levels,
             "sizes": list(self.sizes),
             "letters": list(LETTERS[: self.levels + 1]),
             "dedup_letter": LETTERS[self.levels],
             "method": self.method,
         }
+        # recorded only when not 1, so the versions of level-1 builds stay as they were
+        return out | ({"cluster_depth": self.depth} if self.depth != 1 else {})
 
     @classmethod
     def from_meta(cls, meta: dict) -> SidLayout:
         sizes = tuple(int(k) for k in meta["sizes"])
         if len(sizes) != int(meta["levels"]) + 1:
             raise ValueError(f"{meta['levels']} levels but {len(sizes)} sizes")
-        return cls(sizes, str(meta.get("method", "")))
+        return cls(sizes, str(meta.get("method", "")), int(meta.get("cluster_depth", 1)))
 
 
 def sids_table(codes: np.ndarray, layout: SidLayout, version: str | None = None, revision: int = 0):
@@ -118,7 +161,7 @@ class Sids:
 
     codes: np.ndarray  # [N, L+1] int64: levels then dup
     layout: SidLayout
-    descriptions: dict[int, str] = field(default_factory=dict)  # level-1 cluster -> text
+    descriptions: dict[int, str] = field(default_factory=dict)  # cluster index -> text
     version: str = ""  # of the full build; models record it (items added keep it)
     revision: int = 0  # additions since the full build
 
@@ -127,15 +170,17 @@ class Sids:
         return len(self.codes)
 
     def cluster_of_items(self) -> np.ndarray:
-        """Interest cluster (level-1 code) per item, int64 [N]."""
-        return self.codes[:, 0]
+        """Interest cluster index per item, int64 [N]."""
+        return self.layout.clusters.of_codes(self.codes)
 
     def n_clusters(self) -> int:
-        return self.layout.sizes[0]
+        """Possible cluster indices, used or not."""
+        return self.layout.clusters.size
 
     def clusters(self) -> list[Cluster]:
-        """Every level-1 cluster that holds at least one item, ascending."""
-        return [(int(c),) for c in np.unique(self.codes[:, 0])]
+        """Every cluster that holds at least one item, ascending."""
+        space = self.layout.clusters
+        return [space.code(c) for c in np.unique(self.cluster_of_items())]
 
     def strings(self) -> list[str]:
         return self.layout.strings(self.codes)
