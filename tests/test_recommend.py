@@ -273,6 +273,10 @@ def test_evaluate_reports_every_system(trained):
     }
     assert set(report["comparisons"]) >= {f"{n} vs {b}" for n in ablations for b in lead}
     assert set(report["comparisons"]) >= {f"CoEA (full) vs {b}" for b in SIMPLE}
+    # and against each ablation: what the ablated part adds, with its interval
+    assert set(report["comparisons"]) >= {
+        f"CoEA (full) vs {n}" for n in ablations if n != "CoEA (full)"
+    }
     for cmp in report["comparisons"].values():
         for c in cmp.values():
             lo, hi = c["ci95"]

@@ -78,7 +78,8 @@ def strongest(scores: Scores) -> list[str]:
 
 def comparisons(scores: Scores, seed: int) -> dict:
     """Every CoEA row against the strongest simple rules (`strongest`); full CoEA against
-    each simple rule. Ratios of per-event means with 95% paired-bootstrap intervals."""
+    each simple rule and each ablation (what the ablated part adds). Ratios of per-event
+    means with 95% paired-bootstrap intervals."""
     out = {}
     coea = [n for n in scores.rows if n.startswith("CoEA") or n.startswith("Novelty")]
     strong = strongest(scores)
@@ -88,6 +89,9 @@ def comparisons(scores: Scores, seed: int) -> dict:
     if "CoEA (full)" in scores.rows:
         for base in SIMPLE:
             if base not in strong and base in scores.rows:
+                out[f"CoEA (full) vs {base}"] = scores.compare("CoEA (full)", base, seed)
+        for base in coea:
+            if base != "CoEA (full)":
                 out[f"CoEA (full) vs {base}"] = scores.compare("CoEA (full)", base, seed)
     return out
 
