@@ -19,6 +19,13 @@ TINY = [
     "--backbone-hidden", 32, "--backbone-layers", 1, "--backbone-steps", 4,
     "--round0-epochs", 1, "--epochs", 1, "--lora-r", 4, "--n", 4, "--batch-size", 32,
 ]  # fmt: skip
+# The real upstream commands after `tiny_workspace` (with its groups/ removed) for recommend.
+UPSTREAM = (
+    ("tokenize-items",),
+    ("profile-groups", "--groups", 3),
+    ("train-dsie", "--epochs", 1, "--hidden", 32, "--heads", 2),
+    ("train-dsie", "--cutoff", 1, "--epochs", 1, "--hidden", 32, "--heads", 2),
+)
 
 
 def tiny_workspace(tmp, periods: str = "0.5,0.25,0.25", seed: int = 0, depth: int = 1):

@@ -16,7 +16,7 @@ from coea_cli import store
 from coea_cli.workspace import ClusterSpace, SidLayout, Workspace
 from coea_cli.workspace.sids import version_of
 from tests.helpers import coea
-from tests.pco_fixtures import TINY, tiny_workspace
+from tests.pco_fixtures import TINY, UPSTREAM, tiny_workspace
 
 
 def test_cluster_space_hand():
@@ -71,10 +71,7 @@ def deep(tmp_path_factory):
     work = tiny_workspace(tmp_path_factory.mktemp("deep"), depth=2)
     shutil.rmtree(work / "groups")  # the real command: histograms over two-level clusters
     for args in (
-        ("tokenize-items",),
-        ("profile-groups", "--groups", 3),
-        ("train-dsie", "--epochs", 1, "--hidden", 32, "--heads", 2),
-        ("train-dsie", "--cutoff", 1, "--epochs", 1, "--hidden", 32, "--heads", 2),
+        *UPSTREAM,
         ("pco-round", *TINY, "--rounds", 2),
         ("recommend", "--k", 10, "--n", 4),
     ):

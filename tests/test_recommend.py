@@ -15,7 +15,7 @@ from coea_cli import store
 from coea_cli.recs.tune import named
 from coea_cli.serving import Reader
 from tests.helpers import coea
-from tests.pco_fixtures import TINY, tiny_workspace
+from tests.pco_fixtures import TINY, UPSTREAM, tiny_workspace
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +23,7 @@ def trained(tmp_path_factory):
     work = tiny_workspace(tmp_path_factory.mktemp("recs"))
     shutil.rmtree(work / "groups")  # the real command, with persona embeddings
     for args in (
-        ("tokenize-items",),
-        ("profile-groups", "--groups", 3),
-        ("train-dsie", "--epochs", 1, "--hidden", 32, "--heads", 2),
-        ("train-dsie", "--cutoff", 1, "--epochs", 1, "--hidden", 32, "--heads", 2),
+        *UPSTREAM,
         ("pco-round", *TINY, "--rounds", 2),
         ("pco-round", *TINY, "--track", "nokl", "--no-kl"),
         ("pco-round", *TINY, "--track", "nodsie", "--no-dsie", "--rounds", 2),
