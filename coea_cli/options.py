@@ -346,9 +346,10 @@ class SidOptions(Options):
 
     Reads items/item_emb.safetensors and data/; writes sids/sids.parquet (the SID layout, the
     SID version and its revision in its metadata), rqvae.safetensors, clusters.parquet and
-    report.json. An item's first --cluster-depth codes are its interest cluster. Run again after new items
-    arrive (prepare --append, tokenize-items): they are encoded with the trained quantiser and
-    every existing SID is kept (same version, next revision); --rebuild starts over.
+    report.json. An item's first --cluster-depth codes are its interest cluster. Run again
+    after new items arrive (prepare --append, tokenize-items): they are encoded with the
+    trained quantiser and every existing SID is kept (same version, next revision); --rebuild
+    starts over.
     """
 
     method: SidMethod = opt(
