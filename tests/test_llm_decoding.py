@@ -250,3 +250,19 @@ def test_prefix_groups_cover_every_prompt_once(seqs, min_shared):
         )
         if len(m) > 1:
             assert n >= min_shared and all(2 * n >= len(seqs[i]) for i in m)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 2), min_size=9, max_size=12), max_size=40),
+       st.integers(1, 7))  # fmt: skip
+def test_prefix_chunks_are_bounded_and_cover_every_prompt_once(seqs, size):
+    from coea_cli.llm.prefix import prefix_chunks, prefix_groups
+
+    chunks = prefix_chunks(seqs, size)
+    members = sorted(i for c in chunks for _, m in c for i in m)
+    assert members == list(range(len(seqs)))
+    # however large a shared-context group, no batch holds more than `size` prompts
+    assert all(sum(len(m) for _, m in c) <= size for c in chunks)
+    # each piece keeps its group's shared prefix
+    shared = {i: n for n, m in prefix_groups(seqs) for i in m}
+    assert all(n == shared[i] for c in chunks for n, m in c for i in m)

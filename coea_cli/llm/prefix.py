@@ -52,8 +52,10 @@ def supports_prefix(model) -> bool:
 
 def prefix_chunks(seqs: Sequence[Sequence[int]], size: int) -> list[list]:
     """The groups of `prefix_groups`, longest prefix first, in chunks of at most `size`
-    prompts (a larger group alone): the batches of `chunk_logits`."""
-    groups = sorted(prefix_groups(seqs), key=lambda g: -g[0])
+    prompts (a larger group split, its prefix run once per piece, so that the cache copied
+    to the members stays bounded): the batches of `chunk_logits`."""
+    whole = sorted(prefix_groups(seqs), key=lambda g: -g[0])
+    groups = [(n, m[i : i + size]) for n, m in whole for i in range(0, len(m), size)]
     chunks: list[list] = []
     members = 0
     for g in groups:
