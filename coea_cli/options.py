@@ -665,6 +665,12 @@ class PcoOptions(Options):
     round0_epochs: int = opt(2, "Epochs of the round-0 training.", ge=1)
     round0_per_user: int = opt(3, "Round 0: novel transitions taken per user from period 0.", ge=1)
     positives_per_user: int = opt(3, "Verified positives used per user and round (0: all).", ge=0)
+    observed_per_user: int = opt(
+        8,
+        "Engaged new clusters the Relevance LLM judges per user and round besides the "
+        "proposals, chosen at random (0: all); bounds a round's work per active user.",
+        ge=0,
+    )
     lr: float = opt(5e-4, "Learning rate (AdamW, LoRA parameters).", gt=0)
     batch_size: int = opt(16, "Batch size.", ge=1)
     update_relevance: bool = opt(

@@ -195,3 +195,38 @@ def test_a_track_continues_only_with_its_training_settings(work):
     r = coea("pco-round", *[x for kv in pairs.items() for x in kv], "--work", work)
     assert r.code == 2 and "lora_r: 4 -> 8" in r.stderr and "--round 0" in r.stderr
     assert _state(work)["round"] == 0
+
+
+def test_observed_per_user_bounds_the_judged_clusters(tmp_path):
+    """The cap takes a random subset of each user's observed new clusters; the proposals, drawn
+    before verification, are the same with and without it."""
+    # a short period 0 and two-level clusters: users meet several new clusters in period 1
+    work = tiny_workspace(tmp_path, periods="0.2,0.4,0.4", depth=2)
+    r = coea("pco-round", *TINY, "--work", work)
+    assert r.code == 0, r.stderr
+    capped = tmp_path / "capped"
+    shutil.copytree(work, capped)
+    runs = {}
+    for folder, cap in ((work, 0), (capped, 1)):
+        # one proposal per user leaves observed clusters to cap
+        r = coea("pco-round", *TINY, "--n", 1, "--observed-per-user", cap, "--work", folder)
+        assert r.code == 0, r.stderr
+        cand = store.read_parquet(folder / "pco" / "round-001" / "candidates.parquet")
+        m = json.loads((folder / "pco" / "round-001" / "metrics.json").read_text())
+        rows = {}
+        columns = (cand[k].to_pylist() for k in ("user_id", "cluster", "source"))
+        for u, c, src in zip(*columns, strict=True):
+            rows.setdefault((u, src), set()).add(c)
+        runs[cap] = rows, m
+    (full, m_full), (one, m_one) = runs[0], runs[1]
+    assert {k: v for k, v in full.items() if k[1] == "sampled"} == {
+        k: v for k, v in one.items() if k[1] == "sampled"
+    }
+    observed = {k: v for k, v in full.items() if k[1] == "observed"}
+    assert any(len(v) > 1 for v in observed.values())  # the cap has something to cut
+    for key, clusters in observed.items():
+        kept = one.get(key, set())
+        assert len(kept) == 1 and kept <= clusters
+    assert m_full["observed_novel_unjudged"] == 0
+    assert m_one["observed_novel"] == len(observed)
+    assert m_one["observed_novel"] + m_one["observed_novel_unjudged"] == m_full["observed_novel"]

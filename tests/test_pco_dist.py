@@ -268,8 +268,9 @@ def _adapters(work: Path) -> dict:
 
 COUNTS = (
     "users", "train_users", "heldout_users", "candidates", "candidate_hits", "observed_novel",
-    "verified_positive", "verified_positive_proposed", "verified_negative", "uncertain",
-    "replayed", "invalid_samples", "accepted", "train_transitions", "heldout_transitions",
+    "observed_novel_unjudged", "verified_positive", "verified_positive_proposed",
+    "verified_negative", "uncertain", "replayed", "invalid_samples", "accepted",
+    "train_transitions", "heldout_transitions",
 )  # fmt: skip
 
 

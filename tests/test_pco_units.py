@@ -783,3 +783,24 @@ def test_partition_properties(rows, a, b):
     assert not (pos & neg).any()
     assert all(e for e, p in zip(engaged, pos, strict=True) if p)  # positives were engaged
     assert all(p and not e for p, e, n in zip(proposed, engaged, neg, strict=True) if n)
+
+
+def test_at_most_by_hand():
+    from coea_cli.pco.rounds import at_most
+
+    rng = np.random.default_rng(0)
+    assert at_most({(3,), (1,), (2,)}, 0, rng) == [(1,), (2,), (3,)]  # 0 keeps all
+    assert at_most({(3,), (1,)}, 5, rng) == [(1,), (3,)]
+    assert at_most(set(), 2, rng) == []
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.sets(st.integers(0, 40), max_size=20), st.integers(0, 8), st.integers(0, 2**31))
+def test_at_most_properties(clusters, cap, seed):
+    from coea_cli.pco.rounds import at_most
+
+    keys = {(c,) for c in clusters}
+    got = at_most(keys, cap, np.random.default_rng(seed))
+    assert got == sorted(set(got)) and set(got) <= keys
+    assert len(got) == (len(keys) if cap == 0 else min(cap, len(keys)))
+    assert got == at_most(keys, cap, np.random.default_rng(seed))  # seeded: reproducible

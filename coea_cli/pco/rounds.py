@@ -277,12 +277,16 @@ class RoundK(RoundBase):
         from coea_cli.llm.decoding import relevance_scores
 
         o, train = self.opt, self.train
+        rng = np.random.default_rng(self.seed_k + 2)
         rows = []  # (train index, cluster, source)
+        self.unjudged = 0
         for j, (u, cand) in enumerate(zip(train, self.samples.clusters, strict=True)):
             for c in dict.fromkeys(cand):
                 rows.append((j, c, "sampled"))
-            for c in sorted(u.novel - set(cand)):
-                rows.append((j, c, "observed"))
+            observed = u.novel - set(cand)
+            kept = at_most(observed, o.observed_per_user, rng)
+            self.unjudged += len(observed) - len(kept)
+            rows.extend((j, c, "observed") for c in kept)
         self.rows = rows
         self.rel_prompts = [self.prompter.relevance(train[j].context, c) for j, c, _ in rows]
         self.score = (
@@ -305,6 +309,7 @@ class RoundK(RoundBase):
             "candidates": int(proposed.sum()),
             "candidate_hits": int((proposed & self.engaged).sum()),
             "observed_novel": int(observed.sum()),
+            "observed_novel_unjudged": self.unjudged,
             "verified_positive": int(self.pos.sum()),
             "verified_positive_proposed": int((self.pos & proposed).sum()),
             "verified_negative": int(self.neg.sum()),
@@ -332,10 +337,12 @@ class RoundK(RoundBase):
         the other clusters the previous Novelty proposed to them."""
         from coea_cli.llm.decoding import relevance_scores
 
+        rng = np.random.default_rng(self.seed_k + 3)
+        cap = self.opt.observed_per_user
         rows = [
             (u.context, c, c in u.novel)
             for u, cands in zip(self.held, self.prev_cands, strict=True)
-            for c in dict.fromkeys([*cands, *sorted(u.novel)])
+            for c in dict.fromkeys([*cands, *at_most(u.novel - set(cands), cap, rng)])
         ]
         if not rows:
             return float("nan")
@@ -499,6 +506,14 @@ def partition(engaged, proposed, score, tau_pos: float, tau_neg: float, verify: 
     if not verify:
         return engaged.copy(), proposed & ~engaged
     return engaged & (score >= tau_pos), proposed & ~engaged & (score < tau_neg)
+
+
+def at_most(clusters: set, cap: int, rng: np.random.Generator) -> list:
+    """At most `cap` of `clusters` chosen at random, ascending; 0 keeps all."""
+    ordered = sorted(clusters)
+    if cap <= 0 or len(ordered) <= cap:
+        return ordered
+    return sorted(ordered[int(i)] for i in rng.permutation(len(ordered))[:cap])
 
 
 def _cap_per_user(rows, pos, cap: int, seed: int) -> list:
