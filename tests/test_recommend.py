@@ -382,6 +382,7 @@ def test_evaluate_refuses_lists_of_other_adapters(trained, tmp_path):
 def test_rolling_evaluation_uses_the_models_of_each_period(trained, tmp_path):
     w = _copy(trained, tmp_path / "rolling")
     shutil.rmtree(w / "dsie-before-1")
+    shutil.rmtree(w / "pco" / "tracks" / "nokl")  # a missing track: its row says how to train it
     r = coea("evaluate", "--rolling", "--ks", "5,10", "--work", w)
     assert r.code == 2 and "run `coea train-dsie --cutoff 1` first" in r.stderr
     r = coea("train-dsie", "--cutoff", 1, "--epochs", 1, "--hidden", 32, "--heads", 2, "--work", w)
@@ -410,6 +411,7 @@ def test_rolling_evaluation_uses_the_models_of_each_period(trained, tmp_path):
     bare = store.read_json(w / "pco" / "tracks" / "nopersona" / "state.json")
     assert bare["serving"]["context"] == "no-persona"
     assert set(report["comparisons"]) >= {"CoEA (full) vs DSIE unexplored"}
+    assert report["notes"]["CoEA w/o KL"] == "not run: `coea pco-round --track nokl --no-kl`"
     # the weights of period 2 are chosen on period 1; period 1 has no validation period
     assert report["weights"]["1"] == "top-m" and report["validation"]["2"]["period"] == 1
     md = (w / "eval-rolling" / "report.md").read_text()

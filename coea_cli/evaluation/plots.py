@@ -23,7 +23,10 @@ LABELS = {
     "serendipity@10": "Serendipity@10: share of the top 10 both relevant and unexpected",
     "coverage@10": "Coverage@10: share of the catalogue recommended",
 }
-TRACKS = {"main": "CoEA (SFT + KL)", "nokl": "w/o KL", "nodsie": "w/o DSIE"}
+TRACKS = {
+    "main": "CoEA (SFT + KL)", "nokl": "w/o KL", "nodsie": "w/o DSIE",
+    "nopersona": "w/o group identity",
+}  # fmt: skip
 
 
 def wilson(p: float | None, n: int | None, z: float = 1.96) -> tuple[float, float]:

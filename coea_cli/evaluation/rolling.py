@@ -17,7 +17,7 @@ from coea_cli import console, dist, metrics, store
 from coea_cli.common import Ctx
 from coea_cli.evaluation import systems
 from coea_cli.evaluation.report import clean, comparison_table, markdown_rows
-from coea_cli.evaluation.suite import STRONG, baselines, comparisons, events_at
+from coea_cli.evaluation.suite import ABLATION_FLAGS, STRONG, baselines, comparisons, events_at
 from coea_cli.evaluation.table import Scores
 from coea_cli.llm.context import World
 from coea_cli.options import EvaluateOptions
@@ -117,7 +117,8 @@ def variants(ws: Workspace, device: str, seed: int, period: int) -> list:
     for name, track, kw, note in rows:
         state = ws.track(track).state(branch=False) if track in tracks else None
         if state is None or state["round"] < 1:
-            out.append((name, None, f"not run: `coea pco-round --track {track}`"))
+            how = f"coea pco-round --track {track} {ABLATION_FLAGS.get(track, '')}".strip()
+            out.append((name, None, f"not run: `{how}`"))
             continue
         before = None if "round_" in kw else period
         variant = track_variant(ws, ws.track(track), device, seed, name=name, before=before, **kw)

@@ -12,7 +12,7 @@ from coea_cli.common import Ctx
 from coea_cli.evaluation import plots, systems
 from coea_cli.evaluation.report import clean, markdown
 from coea_cli.evaluation.stored import serving_options, stored_lists
-from coea_cli.evaluation.suite import baselines, coea_rows, comparisons, events_at
+from coea_cli.evaluation.suite import ABLATION_FLAGS, baselines, coea_rows, comparisons, events_at
 from coea_cli.evaluation.table import Scores
 from coea_cli.options import EvaluateOptions
 from coea_cli.recs.engine import Engine, track_variant
@@ -121,17 +121,17 @@ def coea_variants(ws: Workspace, main: dict, device: str, seed: int) -> list:
                 track_variant(ws, main_track, device, seed, inside="popularity"),
                 "main track, items inside clusters by popularity instead of DSIE"))  # fmt: skip
     tracks = ws.tracks()
-    for track, name, what, how, kw in (
-        ("nokl", "CoEA w/o KL", "the KL term", "--no-kl", {}),
+    for track, name, what, kw in (
+        ("nokl", "CoEA w/o KL", "the KL term", {}),
         ("nodsie", "CoEA w/o DSIE",
          "persona and long-term context (trained and served without them; popularity inside "
-         "clusters)", "--no-dsie", {}),
+         "clusters)", {}),
         ("nodsie", "CoEA recent context",
          "persona and long-term context (trained and served without them; DSIE inside "
-         "clusters)", "--no-dsie", {"inside": "dsie"}),
+         "clusters)", {"inside": "dsie"}),
         ("nopersona", "CoEA w/o group identity",
          "the group persona (trained and served without it; long-term context, DSIE inside "
-         "clusters)", "--no-persona", {}),
+         "clusters)", {}),
     ):  # fmt: skip
         state = ws.track(track).state(branch=False) if track in tracks else None
         if state is not None and state["round"] > 0:
@@ -139,6 +139,7 @@ def coea_variants(ws: Workspace, main: dict, device: str, seed: int) -> list:
             variant = track_variant(ws, ws.track(track), device, seed, name=name, **kw)
             out.append((name, variant, note))
         else:
+            how = ABLATION_FLAGS[track]
             out.append((name, None, f"not run: `coea pco-round --track {track} {how}`"))
     out.append(("Novelty LLM alone", track_variant(ws, main_track, device, seed, judge=False),
                 "main track, draws by Novelty probability, no Relevance: what best-of-n adds"))  # fmt: skip

@@ -16,6 +16,8 @@ STRONG = "DSIE unexplored"  # the reference rule: its rows count the events
 # the strongest of them on each headline metric (`strongest`).
 MIXED = "Mixed unexplored"
 SIMPLE = (STRONG, "Popularity unexplored", MIXED, "Popular unexplored", "Random unexplored")
+# The ablation tracks and the pco-round flag each one is trained with.
+ABLATION_FLAGS = {"nokl": "--no-kl", "nodsie": "--no-dsie", "nopersona": "--no-persona"}
 
 
 def baselines(
