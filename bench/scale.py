@@ -79,6 +79,9 @@ def synthetic_ml1m(folder: Path, scale: float, seed: int = 0, zipf: float = 1.0)
     """Write users.dat, movies.dat and ratings.dat for `scale` x ML-1M; return the counts and
     each user's preferred genres (indices into GENRES, by user id - 1)."""
     rng = np.random.default_rng(seed)
+    # What the whole log shares (taste groups, activity waves) does not depend on the scale,
+    # so every scale's periods hold the same share of the users and ratings.
+    shared = np.random.default_rng([seed, 1])
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     n_users = max(20, round(ML1M["users"] * scale))
@@ -106,7 +109,7 @@ def synthetic_ml1m(folder: Path, scale: float, seed: int = 0, zipf: float = 1.0)
 
     # Users: a taste group sets three liked genres (each user keeps two or three of them), a
     # skew of age and gender, and a genre taken up later.
-    group_likes = [rng.choice(n_genres, 3, replace=False, p=gw) for _ in range(N_GROUPS)]
+    group_likes = [shared.choice(n_genres, 3, replace=False, p=gw) for _ in range(N_GROUPS)]
     group = rng.integers(0, N_GROUPS, n_users)
     prefs, later, lines = [], [], []
     for u in range(n_users):
@@ -131,7 +134,7 @@ def synthetic_ml1m(folder: Path, scale: float, seed: int = 0, zipf: float = 1.0)
 
     # Items of a genre, by popularity within the genre: the mixture a user draws from.
     in_genre = has / np.maximum((has * pop[:, None]).sum(0), 1e-12) * pop[:, None]
-    waves = np.sort(rng.uniform(SPAN[0], SPAN[0] + 0.75 * (SPAN[1] - SPAN[0]), 5))
+    waves = np.sort(shared.uniform(SPAN[0], SPAN[0] + 0.75 * (SPAN[1] - SPAN[0]), 5))
     users, items, stamps, ratings = [], [], [], []
     for u in range(n_users):
         n = int(count[u])
