@@ -425,6 +425,7 @@ def test_weights_are_chosen_on_the_validation_period(trained):
     report = store.read_json(trained / "recs" / "report.json")
     v = report["validation"]
     assert v["period"] == 1 and v["users"] > 0
+    assert {"validation", "llm", "lists", "write", "total"} <= set(report["seconds"])
     assert report["weights"] == v["chosen"] and v["chosen"] in v["scores"]
     best = v["scores"][v["chosen"]]["serendipity@10"]
     assert all(row["serendipity@10"] <= best + 1e-12 for row in v["scores"].values())

@@ -94,6 +94,7 @@ def _recommend(ctx: Ctx[RecommendOptions], out: Dir, rank: int, size: int) -> di
         return {"status": "up to date", **store.read_json(out.file("report"))}
     t0 = time.time()
     weights, validation = serving_weights(ws, o, int(before), ctx.device, ctx.seed)
+    t_valid = time.time() - t0
     engine = Engine(ws, int(before), ctx.device)
     users = np.arange(engine.world.n_users, dtype=np.int64)
     if shard is not None:
@@ -107,7 +108,9 @@ def _recommend(ctx: Ctx[RecommendOptions], out: Dir, rank: int, size: int) -> di
         **made,
         "validation": validation,
         "shard": o.shard,
-        "seconds": {**{k: round(v, 2) for k, v in result["seconds"].items()}},
+        "seconds": {
+            k: round(v, 2) for k, v in {"validation": t_valid, **result["seconds"]}.items()
+        },
     }
     if rank == 0:
         with st.write() as tmp:
